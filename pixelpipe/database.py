@@ -1,0 +1,57 @@
+"""Which PostgreSQL pixelpipe talks to: DATABASE_URL when set, else the embedded one."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from pixelpipe.embedded_postgres import EmbeddedPostgres
+from pixelpipe.errors import PixelpipeError
+from pixelpipe.settings import Settings
+
+
+def describe_target(url: str) -> str:
+    """host:port/dbname of a URL, without the password, for messages."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(an unparseable URL)"
+    return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+
+
+def check_reachable(url: str, timeout: int = 5) -> None:
+    """Connect once, failing within `timeout` seconds with a message that names the fix."""
+    try:
+        with psycopg.connect(url, connect_timeout=timeout):
+            return
+    except psycopg.ProgrammingError as error:
+        raise PixelpipeError(
+            f"DATABASE_URL is not a valid PostgreSQL URL ({error}). "
+            "Set DATABASE_URL to postgresql://user:password@host:5432/dbname, "
+            "or unset it to use the embedded PostgreSQL."
+        ) from None
+    except psycopg.OperationalError as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise PixelpipeError(
+            f"Cannot reach PostgreSQL at {describe_target(url)} ({reason}). "
+            "Check that the server is up and that DATABASE_URL points at it, "
+            "or unset DATABASE_URL to use the embedded PostgreSQL."
+        ) from None
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """Yield a reachable database URL, starting (and finally stopping) the embedded server
+    when DATABASE_URL is unset."""
+    if settings.database_url:
+        check_reachable(settings.database_url)
+        yield settings.database_url
+        return
+    server = EmbeddedPostgres(settings.home / "postgres" / "data", settings.postgres_port)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

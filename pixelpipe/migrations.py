@@ -1,0 +1,65 @@
+"""Apply the numbered SQL files in sql/ in order, once each, and keep partitions ahead.
+
+Each file runs in its own transaction and is recorded in schema_migrations, so running
+`pixelpipe migrate` twice changes nothing. An advisory lock serialises concurrent runners.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_LOCK_KEY = 0x706978656C  # "pixel"
+
+# The collector should never write into the default partition: keep this many hours ready.
+PARTITIONS_AHEAD_HOURS = 48
+
+
+def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
+    return sorted(p for p in sql_dir.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def apply_migrations(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Apply what is not applied yet; returns the versions applied by this call."""
+    applied_now = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version    TEXT PRIMARY KEY,
+                       applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for path in migration_files(sql_dir):
+                if path.stem in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(path.read_text())
+                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
+                applied_now.append(path.stem)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return applied_now
+
+
+def ensure_partitions(
+    conn: psycopg.Connection,
+    now: datetime | None = None,
+    hours_back: int = 1,
+    hours_ahead: int = PARTITIONS_AHEAD_HOURS,
+) -> list[tuple[str, int]]:
+    """Create the hourly partitions from `hours_back` before now to `hours_ahead` after it.
+
+    Returns (partition, rows moved out of the default partition) for each partition created.
+    """
+    now = now or datetime.now(UTC)
+    start = now - timedelta(hours=hours_back)
+    end = now + timedelta(hours=hours_ahead)
+    rows = conn.execute(
+        "SELECT partition_name, moved_rows FROM events_log_ensure_partitions(%s, %s)", (start, end)
+    ).fetchall()
+    return [(name, moved) for name, moved in rows]
