@@ -1,0 +1,100 @@
+"""Session-wide real servers: one embedded PostgreSQL and one embedded S3, on free loopback ports.
+
+Each test gets its own database, cloned from a migrated template (cheap, fully isolated), and
+its own buckets. Every server is stopped at the end of the session: no process is left behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pixelpipe.embedded_postgres import EmbeddedPostgres
+from pixelpipe.embedded_s3 import EmbeddedS3
+from pixelpipe.migrations import apply_migrations
+from pixelpipe.process import free_port
+from pixelpipe.s3 import ensure_buckets, s3_client
+
+TEMPLATE_DB = "pixelpipe_template"
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def state_dir():
+    # Not under pytest's tmp_path: the embedded PostgreSQL runs as another user under root and
+    # must be able to traverse the folders above its data directory.
+    with tempfile.TemporaryDirectory(prefix="pixelpipe-tests-") as path:
+        yield Path(path)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(state_dir):
+    server = EmbeddedPostgres(state_dir / "postgres" / "data", free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_server):
+    with psycopg.connect(postgres_server.url("postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    apply_migrations(postgres_server.url(TEMPLATE_DB))
+    return TEMPLATE_DB
+
+
+def new_database(postgres_server, template: str | None) -> str:
+    name = f"test_{next(_db_counter)}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(postgres_server.url("postgres"), autocommit=True) as conn:
+        clause = f" TEMPLATE {template}" if template else ""
+        conn.execute(f"CREATE DATABASE {name}{clause}")
+    return postgres_server.url(name)
+
+
+@pytest.fixture
+def database_url(postgres_server, template_database):
+    """A fresh, migrated database for this test (no partitions ahead yet)."""
+    return new_database(postgres_server, template_database)
+
+
+@pytest.fixture
+def empty_database_url(postgres_server):
+    """A fresh database with no schema at all."""
+    return new_database(postgres_server, None)
+
+
+@pytest.fixture
+def db(database_url):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def s3_server(state_dir):
+    server = EmbeddedS3(state_dir / "s3" / "data", free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(s3_server):
+    return s3_client(s3_server.endpoint, "pixelpipe", "pixelpipe", "us-east-1")
+
+
+@pytest.fixture
+def buckets(s3):
+    """Fresh client and backup buckets for this test."""
+    suffix = uuid.uuid4().hex[:8]
+    names = {"client": f"clients-{suffix}", "backup": f"backup-{suffix}"}
+    ensure_buckets(s3, list(names.values()))
+    return names
