@@ -17,6 +17,19 @@ from pathlib import Path
 from pixelpipe.errors import PixelpipeError
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit, so `finally` blocks (stopping embedded servers) run.
+
+    uvicorn re-raises the signal after its own graceful shutdown; with the default handler that
+    would kill the process before its embedded PostgreSQL is stopped.
+    """
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port the kernel says is free right now on `host`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -1,0 +1,1 @@
+"""The collector: HTTP in, rows out. Knows nothing of Dagster."""

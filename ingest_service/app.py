@@ -1,0 +1,245 @@
+"""Routes only: the pixel, /collect, the tracker script, health, readiness, metrics, OpenAPI.
+
+Parsing lives in events.py, writing in writer.py. Every 2xx here means: committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ipaddress
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import psycopg
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ingest_service.events import (
+    BodyRejected,
+    EventRejected,
+    Limits,
+    RequestContext,
+    anonymize_ip,
+    client_ip,
+    decode_body,
+    event_row,
+    parse_events,
+)
+from ingest_service.metrics import CollectorMetrics
+from ingest_service.openapi import OPENAPI
+from ingest_service.writer import EventWriter, Overloaded, Unavailable
+from pixelpipe.settings import Settings
+
+# A 1x1 transparent GIF.
+PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+PIXEL_HEADERS = {"Cache-Control": "no-store, max-age=0"}
+RETRY_AFTER_SECONDS = "5"
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def _unavailable(reason: str) -> Response:
+    return _json(
+        {"error": "unavailable", "detail": f"{reason}; nothing from this request was stored, retry later."},
+        503, {"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
+class Collector:
+    """The collector's state: settings, writer and metrics, shared by the route handlers."""
+
+    def __init__(self, settings: Settings, database_url: str):
+        self.settings = settings
+        self.limits = Limits(settings.max_body_bytes, settings.max_batch_events)
+        self.trusted = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
+        self.metrics = CollectorMetrics()
+        self.writer = EventWriter(
+            database_url,
+            self.metrics,
+            flush_interval=settings.flush_interval_ms / 1000,
+            flush_max_rows=settings.flush_max_rows,
+            queue_max_rows=settings.queue_max_rows,
+        )
+        self.tracker_js = (STATIC / "t.js").read_bytes()
+
+    def context(self, request: Request) -> RequestContext:
+        headers = request.headers
+        peer = request.client.host if request.client else None
+        ip = client_ip(peer, headers.get("x-forwarded-for"), self.trusted)
+        if ip and self.settings.anonymize_ip:
+            ip = anonymize_ip(ip)
+        return RequestContext(datetime.now(UTC), ip, headers.get("user-agent"), headers.get("referer"))
+
+    def reject_row(self, reason: str, endpoint: str, request: Request, context: RequestContext,
+                   raw: bytes, size: int | None = None) -> tuple:
+        cap = self.settings.dead_letter_body_cap
+        return (reason, endpoint, request.headers.get("content-type"), context.client_ip,
+                len(raw) if size is None else size, raw[:cap])
+
+    async def commit(self, events: list[tuple], rejects: list[tuple]) -> Response | None:
+        """Write and wait for the commit; a 503 response when that is impossible."""
+        try:
+            await self.writer.write(events, rejects)
+        except Overloaded:
+            self.metrics.requests_refused += 1
+            return _unavailable("The collector's queue is full")
+        except Unavailable:
+            self.metrics.requests_refused += 1
+            return _unavailable("The database is unavailable")
+        return None
+
+    # --- routes ----------------------------------------------------------------------------
+
+    async def pixel(self, request: Request) -> Response:
+        context = self.context(request)
+        params = dict(request.query_params)
+        try:
+            events, rejects = [event_row(params, context)], []
+        except EventRejected as error:
+            raw = request.url.query.encode()
+            events, rejects = [], [self.reject_row(f"{error.code}: {error.detail}", "/i", request, context, raw)]
+        refused = await self.commit(events, rejects)
+        if refused is not None:
+            return refused
+        if events:
+            self.metrics.request_events.observe(1)
+        # Always the GIF, also for bad input (it is in the dead letter): a page never shows a
+        # broken image.
+        return Response(PIXEL_GIF, 200, PIXEL_HEADERS, media_type="image/gif")
+
+    async def collect(self, request: Request) -> Response:
+        context = self.context(request)
+        body, size = await self._read_body(request)
+        try:
+            if size > self.limits.max_body_bytes:
+                raise BodyRejected(
+                    413, "body_too_large",
+                    f"The body is larger than the {self.limits.max_body_bytes}-byte cap; send smaller batches.",
+                )
+            payload = decode_body(body, request.headers.get("content-type"),
+                                  request.headers.get("content-encoding"), self.limits)
+            candidates, envelope = parse_events(payload, self.limits)
+        except BodyRejected as error:
+            reject = self.reject_row(f"{error.code}: {error.detail}", "/collect", request, context, body, size)
+            refused = await self.commit([], [reject])
+            if refused is not None:
+                return refused
+            return _json({"error": error.code, "detail": error.detail, "accepted": 0, "rejected": 1},
+                         error.status)
+        events, rejects, errors = [], [], []
+        for index, candidate in enumerate(candidates):
+            try:
+                events.append(event_row(candidate, context, envelope))
+            except EventRejected as error:
+                try:
+                    raw = orjson.dumps(candidate)
+                except orjson.JSONEncodeError:
+                    raw = body
+                rejects.append(self.reject_row(
+                    f"{error.code}: {error.detail} (event {index})", "/collect", request, context, raw))
+                errors.append({"index": index, "error": error.code, "detail": error.detail})
+        try:
+            refused = await self.commit(events, rejects)
+        except psycopg.Error as error:
+            # The database refused these rows; keep the body in the dead letter instead.
+            reason = f"database_refused: {' '.join(str(error).split())}"
+            refused = await self.commit([], [self.reject_row(reason, "/collect", request, context, body)])
+            if refused is not None:
+                return refused
+            return _json({"error": "database_refused", "detail": reason, "accepted": 0,
+                          "rejected": len(candidates)}, 400)
+        if refused is not None:
+            return refused
+        if events:
+            self.metrics.request_events.observe(len(events))
+        result = {"accepted": len(events), "rejected": len(rejects)}
+        if errors:
+            result["errors"] = errors[:50]
+        if rejects and not events:
+            # Nothing usable: a 4xx naming the (first) problem; all of it is in the dead letter.
+            return _json({"error": errors[0]["error"], "detail": errors[0]["detail"], **result}, 400)
+        return _json(result)
+
+    async def _read_body(self, request: Request) -> tuple[bytes, int]:
+        """Read at most the cap (plus one byte to tell it was exceeded); return (body, size)."""
+        cap = self.limits.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            return b"", int(declared)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                chunks.append(chunk[: max(0, self.settings.dead_letter_body_cap - (size - len(chunk)))])
+                return b"".join(chunks), size
+            chunks.append(chunk)
+        return b"".join(chunks), size
+
+    async def tracker(self, request: Request) -> Response:
+        return Response(self.tracker_js, media_type="application/javascript",
+                        headers={"Cache-Control": "public, max-age=300"})
+
+    async def healthz(self, request: Request) -> Response:
+        return _json({"status": "alive"})
+
+    async def readyz(self, request: Request) -> Response:
+        if await self.writer.ping():
+            return _json({"status": "ready"})
+        return _json({"status": "unavailable", "detail": "The database is unreachable."}, 503,
+                     {"Retry-After": RETRY_AFTER_SECONDS})
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def openapi(self, request: Request) -> Response:
+        return _json(OPENAPI)
+
+
+def create_app(settings: Settings, database_url: str, extra_routes: list | None = None) -> Starlette:
+    """The collector as an ASGI app; `extra_routes` lets `pixelpipe up --demo` add /demo."""
+    collector = Collector(settings, database_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await collector.writer.start()
+        try:
+            yield
+        finally:
+            # SIGTERM: uvicorn stops accepting and lets requests finish; then we flush the rest.
+            await collector.writer.close()
+
+    origins = list(settings.cors_origins) or ["*"]
+    app = Starlette(
+        routes=[
+            Route("/i", collector.pixel, methods=["GET"]),
+            Route("/collect", collector.collect, methods=["POST"]),
+            Route("/t.js", collector.tracker, methods=["GET"]),
+            Route("/healthz", collector.healthz, methods=["GET"]),
+            Route("/readyz", collector.readyz, methods=["GET"]),
+            Route("/metrics", collector.metrics_text, methods=["GET"]),
+            Route("/openapi.json", collector.openapi, methods=["GET"]),
+            *(extra_routes or []),
+        ],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=["*"] if "*" in origins else origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Content-Type", "Content-Encoding"],
+                allow_credentials=False,
+                max_age=86400,
+            )
+        ],
+        lifespan=lifespan,
+    )
+    app.state.collector = collector
+    return app

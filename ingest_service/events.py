@@ -1,0 +1,262 @@
+"""Payload -> rows: parsing, validation and field extraction, as pure functions.
+
+Everything here is synchronous and I/O free so it can be tested directly and stays cheap on
+the hot path. A problem with the whole body raises BodyRejected (the request gets a 4xx); a
+problem with one event raises EventRejected (that event is dead-lettered, the rest are kept).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import orjson
+
+MAX_DEPTH = 32
+EVENT_TYPE_MAX = 50
+ID_MAX = 100
+PATH_MAX = 500
+ACCEPTED_CONTENT_TYPES = ("application/json", "text/plain")
+SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+# The columns the collector writes, in COPY order.
+EVENT_COLUMNS = (
+    "event_type", "session_id", "visitor_id", "site_id", "timestamp",
+    "url", "path", "user_agent", "ip_address", "raw_event_data",
+)
+
+
+class BodyRejected(Exception):
+    """The whole request is unusable: answer `status` with `code`, dead-letter the body."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class EventRejected(Exception):
+    """One event is unusable: dead-letter it with `code`, keep the others."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What the request itself tells about its events."""
+
+    received_at: datetime
+    client_ip: str | None
+    user_agent: str | None
+    referer: str | None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1024 * 1024
+    max_batch_events: int = 1000
+
+
+def decode_body(body: bytes, content_type: str | None, content_encoding: str | None,
+                limits: Limits) -> bytes:
+    """Check the media type and inflate gzip, never past the size cap."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type not in ACCEPTED_CONTENT_TYPES:
+        raise BodyRejected(
+            415, "unsupported_media_type",
+            f"Content-Type {media_type or '(none)'!r} is not accepted; "
+            "send application/json or text/plain (navigator.sendBeacon).",
+        )
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return body
+    if encoding != "gzip":
+        raise BodyRejected(415, "unsupported_encoding",
+                           f"Content-Encoding {encoding!r} is not accepted; use gzip or none.")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(body, limits.max_body_bytes + 1)
+    except zlib.error as error:
+        raise BodyRejected(400, "bad_gzip", f"The gzip body could not be inflated: {error}.") from None
+    if len(inflated) > limits.max_body_bytes or inflater.unconsumed_tail:
+        raise BodyRejected(
+            413, "body_too_large",
+            f"The gzip body inflates past the {limits.max_body_bytes}-byte cap; send smaller batches.",
+        )
+    if not inflater.eof:
+        raise BodyRejected(400, "bad_gzip", "The gzip body is truncated.")
+    return inflated
+
+
+def parse_events(payload: bytes, limits: Limits) -> tuple[list, dict]:
+    """JSON body -> (candidate events, envelope defaults).
+
+    Accepts one event object, a JSON array of events, or the tracker's batch envelope
+    {"eventType": "batch", "events": [...]}; the envelope itself is not an event.
+    """
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError as error:
+        if "depth limit" in str(error) or "recursion" in str(error):
+            raise BodyRejected(400, "too_deep",
+                               f"The JSON nests deeper than {MAX_DEPTH} levels.") from None
+        raise BodyRejected(400, "malformed_json", f"The body is not valid JSON: {error}.") from None
+    envelope: dict = {}
+    if isinstance(document, dict) and document.get("eventType") == "batch":
+        events = document.get("events")
+        if not isinstance(events, list):
+            raise BodyRejected(400, "malformed_batch",
+                               'A batch envelope needs "events": a JSON array of event objects.')
+        envelope = {k: document[k] for k in ("siteId", "sessionId", "visitorId", "url") if k in document}
+    elif isinstance(document, list):
+        events = document
+    elif isinstance(document, dict):
+        events = [document]
+    else:
+        raise BodyRejected(400, "not_an_object",
+                           "The body must be an event object, an array of them, or a batch envelope.")
+    if len(events) > limits.max_batch_events:
+        raise BodyRejected(
+            413, "too_many_events",
+            f"{len(events)} events in one request; the cap is {limits.max_batch_events}. Split the batch.",
+        )
+    return events, envelope
+
+
+def _check_values(value, depth: int = 1) -> None:
+    """Reject what PostgreSQL's JSONB cannot store (NUL) and absurd nesting."""
+    if depth > MAX_DEPTH:
+        raise EventRejected("too_deep", f"The event nests deeper than {MAX_DEPTH} levels.")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise EventRejected("nul_character", "The event contains a NUL character (\\u0000).")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise EventRejected("nul_character", "The event contains a NUL character (\\u0000).")
+            if isinstance(item, (dict, list, str)):
+                _check_values(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, (dict, list, str)):
+                _check_values(item, depth + 1)
+
+
+def _text(value, limit: int | None = None) -> str | None:
+    if value is None or value == "":
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text[:limit] if limit else text
+
+
+def parse_timestamp(value, fallback: datetime) -> datetime:
+    """ISO 8601 or epoch milliseconds; anything else falls back to the receive time."""
+    try:
+        if isinstance(value, bool) or value is None:
+            return fallback
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value / 1000, UTC)
+        if isinstance(value, str):
+            text = value.strip()
+            if text.isdigit():
+                return datetime.fromtimestamp(int(text) / 1000, UTC)
+            parsed = datetime.fromisoformat(text)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    return fallback
+
+
+def site_id_from_url(url: str | None) -> str | None:
+    """The seed's domain discovery: shop.example.com -> shop-example-com."""
+    if not url:
+        return None
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return re.sub(r"[^a-z0-9-]", "-", host.lower())[:ID_MAX]
+
+
+def anonymize_ip(address: str) -> str:
+    """Zero the last IPv4 octet or the last 80 bits of an IPv6 address."""
+    ip = ipaddress.ip_address(address)
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+
+
+def client_ip(peer: str | None, forwarded_for: str | None,
+              trusted_proxies: tuple[ipaddress._BaseNetwork, ...]) -> str | None:
+    """The peer address, or the client from X-Forwarded-For when the peer is a trusted proxy."""
+    try:
+        address = ipaddress.ip_address(peer) if peer else None
+    except ValueError:
+        address = None
+    if address is not None and forwarded_for and any(address in net for net in trusted_proxies):
+        # Walk the chain from the right, skipping our own proxies.
+        for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+            try:
+                hop_address = ipaddress.ip_address(hop)
+            except ValueError:
+                break
+            address = hop_address
+            if not any(hop_address in net for net in trusted_proxies):
+                break
+    return str(address) if address is not None else None
+
+
+def event_row(event, context: RequestContext, envelope: dict | None = None) -> tuple:
+    """One event object -> a row in EVENT_COLUMNS order, or EventRejected."""
+    if not isinstance(event, dict):
+        raise EventRejected("not_an_object", "Each event must be a JSON object.")
+    _check_values(event)
+    event_type = event.get("eventType")
+    if not isinstance(event_type, str) or not event_type.strip():
+        raise EventRejected("missing_event_type", 'The event has no "eventType" string.')
+    if len(event_type) > EVENT_TYPE_MAX:
+        raise EventRejected("event_type_too_long",
+                            f'"eventType" is longer than {EVENT_TYPE_MAX} characters.')
+    defaults = envelope or {}
+    url = _text(event.get("url", defaults.get("url"))) or context.referer
+    site = event.get("siteId", defaults.get("siteId"))
+    if site is not None and site != "":
+        site = str(site)
+        if not SITE_ID.match(site):
+            raise EventRejected(
+                "invalid_site_id",
+                '"siteId" must be 1-100 letters, digits, ".", "_" or "-", starting with a letter or digit.',
+            )
+    else:
+        site = site_id_from_url(url)
+        if not site:
+            raise EventRejected("missing_site_id",
+                                'The event has no "siteId" and no page URL to derive it from.')
+    path = _text(event.get("path"))
+    if path is None and url:
+        try:
+            path = urlsplit(url).path or None
+        except ValueError:
+            path = None
+    return (
+        event_type,
+        _text(event.get("sessionId", defaults.get("sessionId")), ID_MAX),
+        _text(event.get("visitorId", defaults.get("visitorId")), ID_MAX),
+        site,
+        parse_timestamp(event.get("timestamp"), context.received_at),
+        url,
+        path[:PATH_MAX] if path else None,
+        _text(event.get("userAgent")) or context.user_agent,
+        context.client_ip,
+        orjson.dumps(event).decode(),
+    )
+

@@ -1,0 +1,73 @@
+"""Prometheus text metrics for the collector, kept in process (one set per worker)."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]):
+        self.name = name
+        self.help_text = help_text
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help_text}", f"# TYPE {self.name} histogram"]
+        running = 0
+        for bound, count in zip(self.buckets, self.counts, strict=False):
+            running += count
+            lines.append(f'{self.name}_bucket{{le="{bound}"}} {running}')
+        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
+        lines.append(f"{self.name}_sum {self.total}")
+        lines.append(f"{self.name}_count {self.count}")
+        return lines
+
+
+class CollectorMetrics:
+    """Counters the writer and the routes update; rendered by GET /metrics."""
+
+    def __init__(self) -> None:
+        self.events_accepted = 0
+        self.events_rejected = 0
+        self.requests_refused = 0  # 503: queue full or database down
+        self.flush_failures = 0
+        self.queue_rows = 0
+        self.flush_rows = Histogram(
+            "pixelpipe_flush_rows", "Rows written per group commit (COPY + commit).",
+            (1, 5, 10, 50, 100, 500, 1000, 5000),
+        )
+        self.flush_seconds = Histogram(
+            "pixelpipe_flush_seconds", "Seconds per group commit (COPY + commit).",
+            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.request_events = Histogram(
+            "pixelpipe_request_events", "Events per accepted request (batch size).",
+            (1, 2, 5, 10, 25, 50, 100, 250, 1000),
+        )
+
+    def render(self) -> str:
+        lines = []
+        for name, help_text, kind, value in (
+            ("pixelpipe_events_accepted_total", "Events committed to events_log.", "counter",
+             self.events_accepted),
+            ("pixelpipe_events_rejected_total", "Events and bodies committed to events_rejected.",
+             "counter", self.events_rejected),
+            ("pixelpipe_requests_refused_total", "Requests answered 503 (queue full or database down).",
+             "counter", self.requests_refused),
+            ("pixelpipe_flush_failures_total", "Group commits that failed.", "counter",
+             self.flush_failures),
+            ("pixelpipe_queue_rows", "Rows waiting for the next group commit.", "gauge",
+             self.queue_rows),
+        ):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        for histogram in (self.request_events, self.flush_rows, self.flush_seconds):
+            lines += histogram.render()
+        return "\n".join(lines) + "\n"

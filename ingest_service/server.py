@@ -1,0 +1,46 @@
+"""Serve the collector with uvicorn, against DATABASE_URL or the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+import uvicorn
+
+from pixelpipe.database import database_url
+from pixelpipe.migrations import apply_migrations, ensure_partitions
+from pixelpipe.process import exit_on_sigterm
+from pixelpipe.settings import Settings
+
+
+def prepare_database(url: str) -> None:
+    """Migrations (idempotent, locked) and partitions ahead, so no insert hits the default."""
+    apply_migrations(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        ensure_partitions(conn)
+
+
+def app_from_env():
+    """uvicorn factory: each worker process builds its app from the environment."""
+    from ingest_service.app import create_app
+
+    return create_app(Settings.from_env(), os.environ["DATABASE_URL"])
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None,
+          workers: int | None = None) -> int:
+    exit_on_sigterm()
+    with database_url(settings) as url:
+        prepare_database(url)
+        os.environ["DATABASE_URL"] = url  # the worker processes read it
+        uvicorn.run(
+            "ingest_service.server:app_from_env",
+            factory=True,
+            host=host or settings.collector_host,
+            port=port or settings.collector_port,
+            workers=workers or settings.collector_workers,
+            access_log=False,
+            log_level="info",
+            timeout_graceful_shutdown=30,
+        )
+    return 0

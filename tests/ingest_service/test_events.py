@@ -1,0 +1,107 @@
+"""Field extraction rules, tested directly on the pure functions."""
+
+import ipaddress
+from datetime import UTC, datetime
+
+import pytest
+
+from ingest_service.events import (
+    EventRejected,
+    RequestContext,
+    anonymize_ip,
+    client_ip,
+    event_row,
+    parse_timestamp,
+    site_id_from_url,
+)
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+CTX = RequestContext(NOW, "203.0.113.9", "Mozilla/5.0 test", "https://shop.example.com/from-referer")
+
+
+def row(event):
+    return dict(zip(
+        ("event_type", "session_id", "visitor_id", "site_id", "timestamp", "url", "path",
+         "user_agent", "ip_address", "raw_event_data"),
+        event_row(event, CTX), strict=True,
+    ))
+
+
+def test_site_id_is_derived_from_the_page_host():
+    assert site_id_from_url("https://shop.example.com/cart?x=1") == "shop-example-com"
+    assert row({"eventType": "pageview", "url": "https://Blog.Example.org/p"})["site_id"] == "blog-example-org"
+    # No url in the event: the Referer header is the page.
+    assert row({"eventType": "pageview"})["site_id"] == "shop-example-com"
+
+
+def test_timestamps_iso_epoch_ms_and_fallback():
+    assert parse_timestamp("2026-11-24T10:00:00Z", NOW) == datetime(2026, 11, 24, 10, tzinfo=UTC)
+    assert parse_timestamp(1764000000000, NOW) == datetime.fromtimestamp(1764000000, UTC)
+    assert parse_timestamp("1764000000000", NOW) == datetime.fromtimestamp(1764000000, UTC)
+    assert parse_timestamp("yesterday", NOW) == NOW
+    assert parse_timestamp(10**20, NOW) == NOW
+    fallen_back = row({"eventType": "x", "siteId": "s", "timestamp": "soon"})
+    assert fallen_back["timestamp"] == NOW
+    assert '"timestamp":"soon"' in fallen_back["raw_event_data"]  # original kept
+
+
+def test_long_values_are_truncated_in_columns_and_kept_whole_in_raw():
+    long_session = "s" * 150
+    extracted = row({"eventType": "x", "siteId": "s", "sessionId": long_session, "path": "/" + "p" * 600})
+    assert extracted["session_id"] == "s" * 100
+    assert len(extracted["path"]) == 500
+    assert long_session in extracted["raw_event_data"]
+
+
+def test_path_comes_from_url_and_user_agent_from_header_unless_given():
+    extracted = row({"eventType": "x", "url": "https://a.com/deep/page?q=1"})
+    assert extracted["path"] == "/deep/page"
+    assert extracted["user_agent"] == "Mozilla/5.0 test"
+    assert row({"eventType": "x", "siteId": "s", "userAgent": "bot/1"})["user_agent"] == "bot/1"
+
+
+@pytest.mark.parametrize(
+    ("event", "code"),
+    [
+        ({"siteId": "s"}, "missing_event_type"),
+        ({"eventType": "x" * 51, "siteId": "s"}, "event_type_too_long"),
+        ({"eventType": "x", "siteId": "s", "note": "a\x00b"}, "nul_character"),
+        ({"eventType": "x", "siteId": "../other-tenant"}, "invalid_site_id"),
+        ("just a string", "not_an_object"),
+    ],
+)
+def test_invalid_events_are_rejected_with_a_specific_code(event, code):
+    with pytest.raises(EventRejected) as error:
+        event_row(event, CTX)
+    assert error.value.code == code
+
+
+def test_deep_nesting_is_rejected():
+    event = {"eventType": "x", "siteId": "s"}
+    node = event
+    for _ in range(40):
+        node["child"] = {}
+        node = node["child"]
+    with pytest.raises(EventRejected) as error:
+        event_row(event, CTX)
+    assert error.value.code == "too_deep"
+
+
+def test_no_site_and_no_page_is_rejected():
+    context = RequestContext(NOW, None, None, None)
+    with pytest.raises(EventRejected) as error:
+        event_row({"eventType": "x"}, context)
+    assert error.value.code == "missing_site_id"
+
+
+def test_ip_anonymisation():
+    assert anonymize_ip("203.0.113.77") == "203.0.113.0"
+    assert anonymize_ip("2001:db8:1234:5678:9abc:def0:1234:5678") == "2001:db8:1234::"
+
+
+def test_forwarded_for_is_trusted_only_from_configured_proxies():
+    proxies = (ipaddress.ip_network("127.0.0.0/8"),)
+    assert client_ip("127.0.0.1", "198.51.100.7", proxies) == "198.51.100.7"
+    assert client_ip("127.0.0.1", "6.6.6.6, 198.51.100.7, 127.0.0.2", proxies) == "198.51.100.7"
+    assert client_ip("203.0.113.5", "198.51.100.7", proxies) == "203.0.113.5"
+    assert client_ip("127.0.0.1", "198.51.100.7", ()) == "127.0.0.1"
