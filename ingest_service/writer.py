@@ -53,7 +53,7 @@ class EventWriter:
         *,
         flush_interval: float = 0.005,
         flush_max_rows: int = 5000,
-        queue_max_rows: int = 50_000,
+        queue_max_rows: int = 100_000,
         flushers: int = 2,
         connect_timeout: int = 2,
     ):

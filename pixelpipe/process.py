@@ -25,7 +25,7 @@ def exit_on_sigterm() -> None:
     """
 
     def _exit(signum, frame):
-        raise SystemExit(128 + signum)
+        raise SystemExit(0)  # a requested, graceful stop
 
     signal.signal(signal.SIGTERM, _exit)
 
