@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import psycopg
 

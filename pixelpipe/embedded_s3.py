@@ -47,6 +47,12 @@ class EmbeddedS3:
     def start(self) -> str:
         require_free_port(self.port, "PIXELPIPE_S3_PORT", "the embedded S3 (SeaweedFS)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Every bucket is a SeaweedFS collection; by default each grows 7 volumes and a server
+        # holds 8, so the second bucket would fail. Grow one small volume at a time instead
+        # (volumes are not preallocated, so a generous count costs no disk).
+        config_dir = self.data_dir.parent
+        (config_dir / "master.toml").write_text(
+            "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 2\ncopy_3 = 3\ncopy_other = 1\n")
         # Internal listeners get free ports each start; only the S3 port is part of the contract.
         internal = {
             name: free_port()
@@ -62,11 +68,12 @@ class EmbeddedS3:
             "-s3", f"-s3.port={self.port}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=1024",
+            "-master.volumeSizeLimitMB=256",
+            "-volume.max=10000",
             *(f"-{name}={port}" for name, port in internal.items()),
         ]
         self.server = ManagedProcess(
-            "SeaweedFS", argv, self.data_dir.parent / "seaweedfs.log", stop_timeout=3
+            "SeaweedFS", argv, config_dir / "seaweedfs.log", cwd=config_dir, stop_timeout=3
         )
         self.server.start()
         self.server.wait_ready(self._healthy, timeout=60)

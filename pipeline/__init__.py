@@ -1,0 +1,1 @@
+"""Dagster code: knows nothing of HTTP. The code location is pipeline.definitions."""

@@ -1,0 +1,118 @@
+"""The export ledger: export_hours, export_manifest and sites.
+
+Export state lives here, per hour and per (hour, site), never in events_log rows. The export
+writes it only after both copies are uploaded; the checks mark it verified; retention and
+billing trust nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+
+
+@dataclass
+class SiteExport:
+    """What one hour's export wrote for one site."""
+
+    site_id: str
+    client_bucket: str
+    client_prefix: str
+    first_seen_at: datetime | None = None
+    rows: int = 0
+    bytes: int = 0
+    client_keys: list[str] = field(default_factory=list)
+    backup_keys: list[str] = field(default_factory=list)
+    sha256: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HourState:
+    rows: int
+    exported_at: datetime
+    verified_at: datetime | None
+    purged_at: datetime | None
+
+
+def hour_state(conn: psycopg.Connection, hour: datetime) -> HourState | None:
+    row = conn.execute(
+        "SELECT rows, exported_at, verified_at, purged_at FROM export_hours WHERE ingest_hour = %s",
+        (hour,),
+    ).fetchone()
+    return HourState(*row) if row else None
+
+
+def site_destinations(conn: psycopg.Connection, default_bucket: str) -> dict[str, tuple[str, str]]:
+    """site_id -> (client bucket, prefix) for every known site."""
+    return {
+        site: (bucket or default_bucket, prefix or "")
+        for site, bucket, prefix in conn.execute(
+            "SELECT site_id, client_bucket, client_prefix FROM sites")
+    }
+
+
+def previous_keys(conn: psycopg.Connection, hour: datetime) -> set[tuple[str, str]]:
+    """(bucket, key) of every object an earlier export of this hour recorded."""
+    keys = set()
+    for client_bucket, client_keys, backup_bucket, backup_keys in conn.execute(
+        """SELECT client_bucket, client_keys, backup_bucket, backup_keys
+           FROM export_manifest WHERE ingest_hour = %s""", (hour,)):
+        keys.update((client_bucket, k) for k in client_keys)
+        keys.update((backup_bucket, k) for k in backup_keys)
+    return keys
+
+
+def record_export(conn: psycopg.Connection, hour: datetime, sites: list[SiteExport],
+                  backup_bucket: str) -> None:
+    """Replace the hour's ledger rows in one transaction; clears earlier verification."""
+    with conn.transaction():
+        conn.execute("DELETE FROM export_manifest WHERE ingest_hour = %s", (hour,))
+        conn.execute(
+            """INSERT INTO export_hours (ingest_hour, rows, sites, files, bytes, exported_at)
+               VALUES (%s, %s, %s, %s, %s, now())
+               ON CONFLICT (ingest_hour) DO UPDATE SET
+                   rows = EXCLUDED.rows, sites = EXCLUDED.sites, files = EXCLUDED.files,
+                   bytes = EXCLUDED.bytes, exported_at = EXCLUDED.exported_at,
+                   reconciled_at = NULL, tenants_verified_at = NULL""",
+            (hour, sum(s.rows for s in sites), len(sites),
+             sum(len(s.client_keys) for s in sites), sum(s.bytes for s in sites)),
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO export_manifest (ingest_hour, site_id, rows, bytes, client_bucket,
+                       client_keys, backup_bucket, backup_keys, sha256, exported_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())""",
+                [(hour, s.site_id, s.rows, s.bytes, s.client_bucket, s.client_keys,
+                  backup_bucket, s.backup_keys, s.sha256) for s in sites],
+            )
+            # Domain discovery: the first hour a site is seen in.
+            cur.executemany(
+                """INSERT INTO sites (site_id, first_seen_at) VALUES (%s, %s)
+                   ON CONFLICT (site_id) DO UPDATE
+                   SET first_seen_at = LEAST(sites.first_seen_at, EXCLUDED.first_seen_at)""",
+                [(s.site_id, s.first_seen_at or hour) for s in sites],
+            )
+
+
+def manifest_rows(conn: psycopg.Connection, hour: datetime) -> list[tuple]:
+    """(site, rows, client bucket, client keys, backup bucket, backup keys) of the hour."""
+    return conn.execute(
+        """SELECT site_id, rows, client_bucket, client_keys, backup_bucket, backup_keys
+           FROM export_manifest WHERE ingest_hour = %s ORDER BY site_id""", (hour,),
+    ).fetchall()
+
+
+def mark_check(conn: psycopg.Connection, hour: datetime, column: str, passed: bool) -> None:
+    """Record a check's verdict on the hour (and per site for the reconciliation)."""
+    assert column in ("reconciled_at", "tenants_verified_at")
+    with conn.transaction():
+        conn.execute(
+            f"UPDATE export_hours SET {column} = CASE WHEN %s THEN now() END WHERE ingest_hour = %s",
+            (passed, hour),
+        )
+        if column == "reconciled_at":
+            conn.execute(
+                "UPDATE export_manifest SET verified_at = CASE WHEN %s THEN now() END "
+                "WHERE ingest_hour = %s", (passed, hour))

@@ -1,0 +1,72 @@
+"""One ConfigurableResource per external system, configured from the environment."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import dagster as dg
+import psycopg
+from dagster_aws.s3 import S3Resource
+
+from pixelpipe.settings import Settings
+
+_DEFAULTS = Settings()
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The events database (events_log and the export ledger)."""
+
+    database_url: str
+
+    @contextlib.contextmanager
+    def get_connection(self, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+        try:
+            conn = psycopg.connect(self.database_url, autocommit=autocommit, connect_timeout=10)
+        except psycopg.OperationalError as error:
+            raise dg.Failure(
+                description="Cannot connect to PostgreSQL: check DATABASE_URL and that the "
+                f"server is up ({' '.join(str(error).split())})."
+            ) from None
+        with conn:
+            yield conn
+
+
+class PipelineSettings(dg.ConfigurableResource):
+    """Where exports go and how long the database keeps them."""
+
+    client_bucket: str = _DEFAULTS.client_bucket
+    backup_bucket: str = _DEFAULTS.backup_bucket
+    export_grace_minutes: int = _DEFAULTS.export_grace_minutes
+    retention_hours: int = _DEFAULTS.retention_hours
+    rows_per_file: int = 1_000_000
+    billing_rate_per_1000: str = str(_DEFAULTS.billing_rate_per_1000)
+    alert_webhook_url: str = _DEFAULTS.alert_webhook_url
+
+
+def _optional(name: str):
+    """EnvVar when the variable is set (resolved at run time), else None (e.g. AWS roles)."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def resources_from_env() -> dict:
+    """The resources the Definitions use, read from the same variables as the rest of pixelpipe."""
+    settings = Settings.from_env()
+    return {
+        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
+        "s3": S3Resource(
+            endpoint_url=_optional("PIXELPIPE_S3_ENDPOINT"),
+            aws_access_key_id=_optional("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=_optional("AWS_SECRET_ACCESS_KEY"),
+            region_name=settings.aws_region,
+        ),
+        "settings": PipelineSettings(
+            client_bucket=settings.client_bucket,
+            backup_bucket=settings.backup_bucket,
+            export_grace_minutes=settings.export_grace_minutes,
+            retention_hours=settings.retention_hours,
+            billing_rate_per_1000=str(settings.billing_rate_per_1000),
+            alert_webhook_url=settings.alert_webhook_url,
+        ),
+    }

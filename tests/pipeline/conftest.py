@@ -1,0 +1,78 @@
+"""Pipeline fixtures: Dagster resources bound to this test's database and buckets."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import orjson
+import psycopg
+import pytest
+from dagster_aws.s3 import S3Resource
+
+from pipeline.resources import PipelineSettings, PostgresResource
+
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+
+@pytest.fixture
+def resources(database_url, s3_server, buckets):
+    return {
+        "postgres": PostgresResource(database_url=database_url),
+        "s3": S3Resource(endpoint_url=s3_server.endpoint, aws_access_key_id="pixelpipe",
+                         aws_secret_access_key="pixelpipe", region_name="us-east-1"),
+        "settings": PipelineSettings(client_bucket=buckets["client"], backup_bucket=buckets["backup"]),
+    }
+
+
+def closed_hour(hours_ago: int) -> datetime:
+    """The start of a UTC hour that closed at least `hours_ago - 1` hours ago."""
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    return now - timedelta(hours=hours_ago)
+
+
+def partition_key(hour: datetime) -> str:
+    return f"{hour:%Y-%m-%d-%H:%M}"
+
+
+def seed_events(db: psycopg.Connection, hour: datetime, site: str, count: int,
+                event_time: datetime | None = None, **extra) -> None:
+    """Rows as the collector writes them, ingested (created_at) inside `hour`."""
+    step = timedelta(seconds=3599) / max(count, 1)
+    with db.cursor() as cur, cur.copy(
+        'COPY events_log (event_type, session_id, visitor_id, site_id, "timestamp", url, path, '
+        "user_agent, ip_address, raw_event_data, created_at) FROM STDIN"
+    ) as copy:
+        for i in range(count):
+            created = hour + step * i
+            raw = {"eventType": "pageview" if i % 3 else "click", "n": i, "siteId": site, **extra}
+            copy.write_row((
+                raw["eventType"], f"sess-{i % 5}", f"vis-{i % 7}" if i % 4 else None, site,
+                event_time or created - timedelta(seconds=2), f"https://{site}.example/p/{i}",
+                f"/p/{i}", "Mozilla/5.0 (test)", f"198.51.100.{i % 250}" if i % 6 else None,
+                orjson.dumps(raw).decode(), created,
+            ))
+
+
+def materialize_export(resources, *, partition: str | None = None, start: str | None = None,
+                       end: str | None = None, raise_on_error: bool = False):
+    from pipeline.assets.events_log import events_log
+    from pipeline.assets.export import export_reconciles, hourly_export, no_cross_tenant_rows
+
+    tags = {}
+    if start:
+        tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+    return dg.materialize(
+        [events_log, hourly_export, export_reconciles, no_cross_tenant_rows],
+        partition_key=partition, tags=tags, resources=resources, raise_on_error=raise_on_error,
+        selection=[hourly_export.key],
+    )
+
+
+def with_settings(resources: dict, **changes) -> dict:
+    """The same resources with some PipelineSettings fields changed."""
+    settings = resources["settings"]
+    fields = {name: getattr(settings, name) for name in type(settings).model_fields}
+    return {**resources, "settings": type(settings)(**{**fields, **changes})}
