@@ -2,12 +2,29 @@
 
 import dagster as dg
 
+from pipeline.assets.billing import billing_matches_manifest, monthly_billing
 from pipeline.assets.events_log import events_log
 from pipeline.assets.export import export_reconciles, hourly_export, no_cross_tenant_rows
+from pipeline.assets.maintenance import db_maintenance
+from pipeline.assets.retention import retention_cleanup
+from pipeline.automation import (
+    billing_job,
+    billing_schedule,
+    hourly_export_job,
+    hourly_export_schedule,
+    maintenance_job,
+    maintenance_schedule,
+    retention_job,
+    retention_schedule,
+    run_failure_alert,
+)
 from pipeline.resources import resources_from_env
 
 defs = dg.Definitions(
-    assets=[events_log, hourly_export],
-    asset_checks=[export_reconciles, no_cross_tenant_rows],
+    assets=[events_log, hourly_export, retention_cleanup, db_maintenance, monthly_billing],
+    asset_checks=[export_reconciles, no_cross_tenant_rows, billing_matches_manifest],
+    jobs=[hourly_export_job, retention_job, maintenance_job, billing_job],
+    schedules=[hourly_export_schedule, retention_schedule, maintenance_schedule, billing_schedule],
+    sensors=[run_failure_alert],
     resources=resources_from_env(),
 )

@@ -29,9 +29,9 @@ FULL JOIN export_hours eh ON eh.ingest_hour = db.ingest_hour;
 -- lags behind now, and events exported in the last 24 hours.
 CREATE OR REPLACE VIEW export_lag AS
 SELECT
-    coalesce(sum(rows_in_db) FILTER (WHERE state = 'pending'), 0)  AS events_pending_export,
+    coalesce(sum(rows_in_db) FILTER (WHERE state = 'pending'), 0)::bigint AS events_pending_export,
     min(ingest_hour) FILTER (WHERE state = 'pending')              AS oldest_pending_hour,
     now() - (min(ingest_hour) FILTER (WHERE state = 'pending') + INTERVAL '1 hour') AS export_lag,
-    coalesce(sum(rows_exported) FILTER (WHERE exported_at >= now() - INTERVAL '24 hours'), 0)
+    coalesce(sum(rows_exported) FILTER (WHERE exported_at >= now() - INTERVAL '24 hours'), 0)::bigint
                                                                    AS exported_last_24h
 FROM export_status_by_hour;

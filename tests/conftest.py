@@ -6,19 +6,24 @@ its own buckets. Every server is stopped at the end of the session: no process i
 
 from __future__ import annotations
 
-import itertools
-import tempfile
-import uuid
-from pathlib import Path
+import os
 
-import psycopg
-import pytest
+# Partitions from September 2026, so whole past months exist to bill (read at import of pipeline).
+os.environ.setdefault("PIXELPIPE_PARTITIONS_START", "2026-09-01-00:00")
 
-from pixelpipe.embedded_postgres import EmbeddedPostgres
-from pixelpipe.embedded_s3 import EmbeddedS3
-from pixelpipe.migrations import apply_migrations
-from pixelpipe.process import free_port
-from pixelpipe.s3 import ensure_buckets, s3_client
+import itertools  # noqa: E402
+import tempfile  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+
+from pixelpipe.embedded_postgres import EmbeddedPostgres  # noqa: E402
+from pixelpipe.embedded_s3 import EmbeddedS3  # noqa: E402
+from pixelpipe.migrations import apply_migrations  # noqa: E402
+from pixelpipe.process import free_port  # noqa: E402
+from pixelpipe.s3 import ensure_buckets, s3_client  # noqa: E402
 
 TEMPLATE_DB = "pixelpipe_template"
 _db_counter = itertools.count()

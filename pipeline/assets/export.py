@@ -122,6 +122,9 @@ def export_hour(conn, client, settings: PipelineSettings, hour: datetime,
     pool="postgres",
     kinds={"parquet", "s3"},
     group_name="export",
+    # An hour is exported about 10 minutes after it closes; two hours behind is worth a look.
+    freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=3),
+                                                    warn_window=timedelta(hours=2)),
     description="Each closed ingest hour of events_log as zstd Parquet, per site, in the site's "
     "client bucket and in the backup bucket, at deterministic hive-style keys. Re-running an "
     "hour replaces its files; an hour already purged from PostgreSQL is refused.",

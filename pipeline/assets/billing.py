@@ -1,0 +1,185 @@
+"""monthly_billing: usage statements per site, computed from export_manifest (which survives
+retention), never from events_log (which retention empties)."""
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster_aws.s3 import S3Resource
+
+from pipeline.assets.export import hourly_export
+from pipeline.partitions import hourly_partitions, monthly_partitions
+from pipeline.resources import PipelineSettings, PostgresResource
+
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class StatementLine:
+    site_id: str
+    events: int
+    amount_exact: Decimal
+    amount_usd: Decimal
+    first_seen_at: datetime | None
+    new_site: bool
+
+
+def amount_for(events: int, rate_per_1000: Decimal) -> tuple[Decimal, Decimal]:
+    """(exact amount, amount rounded half-up to the cent) for a site's month.
+
+    The rounding rule: each site's monthly amount is rounded once, half-up, to whole cents;
+    the unrounded figure is kept beside it for audit.
+    """
+    exact = Decimal(events) * rate_per_1000 / Decimal(1000)
+    return exact, exact.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def month_window(context) -> tuple[datetime, datetime]:
+    window = context.partition_time_window
+    return window.start.astimezone(UTC), window.end.astimezone(UTC)
+
+
+def refuse_unfinished_month(start: datetime, end: datetime, now: datetime, grace_minutes: int) -> None:
+    """Dagster offers no partition for the running month; this covers the first hour after
+    it ends, while its last hour cannot be exported yet."""
+    ready_at = end + timedelta(hours=1, minutes=grace_minutes)
+    if now < ready_at:
+        raise dg.Failure(description=f"{start:%Y-%m} has not ended, or its last hour is not "
+                         f"exportable yet; bill it from {ready_at:%Y-%m-%d %H:%M} UTC.")
+
+
+def missing_hours(conn, start: datetime, end: datetime) -> list[datetime]:
+    """Hours of [start, end) with no export recorded (hours before the partitions begin don't count)."""
+    first = max(start, hourly_partitions.start.astimezone(UTC))
+    exported = {row[0] for row in conn.execute(
+        "SELECT ingest_hour FROM export_hours WHERE ingest_hour >= %s AND ingest_hour < %s", (start, end))}
+    hours, hour = [], first
+    while hour < end:
+        if hour not in exported:
+            hours.append(hour)
+        hour += timedelta(hours=1)
+    return hours
+
+
+def _ranges(hours: list[datetime]) -> str:
+    """Consecutive hours folded into ranges, for a readable failure message."""
+    spans, start, previous = [], None, None
+    for hour in hours:
+        if start is None:
+            start = previous = hour
+        elif hour - previous == timedelta(hours=1):
+            previous = hour
+        else:
+            spans.append((start, previous))
+            start = previous = hour
+    if start is not None:
+        spans.append((start, previous))
+    return ", ".join(f"{a:%Y-%m-%d %H}:00" if a == b else f"{a:%Y-%m-%d %H}:00..{b:%Y-%m-%d %H}:00"
+                     for a, b in spans)
+
+
+def compute_statement(conn, start: datetime, end: datetime, rate: Decimal) -> list[StatementLine]:
+    lines = []
+    for site, events, first_seen in conn.execute(
+        """SELECT m.site_id, sum(m.rows)::bigint, s.first_seen_at
+           FROM export_manifest m LEFT JOIN sites s USING (site_id)
+           WHERE m.ingest_hour >= %s AND m.ingest_hour < %s
+           GROUP BY m.site_id, s.first_seen_at ORDER BY m.site_id""", (start, end)):
+        exact, rounded = amount_for(events, rate)
+        new = first_seen is not None and start <= first_seen < end
+        lines.append(StatementLine(site, events, exact, rounded, first_seen, new))
+    return lines
+
+
+def store_statement(conn, month: datetime, lines: list[StatementLine], rate: Decimal) -> None:
+    """Replace the month's rows: re-running a month gives the same statement, never two."""
+    with conn.transaction():
+        conn.execute("DELETE FROM billing_statements WHERE billing_month = %s", (month.date(),))
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO billing_statements (billing_month, site_id, events, rate_per_1000,
+                       amount_exact, amount_usd, first_seen_at, new_site)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                [(month.date(), ln.site_id, ln.events, rate, ln.amount_exact, ln.amount_usd,
+                  ln.first_seen_at, ln.new_site) for ln in lines])
+
+
+def statement_files(month: datetime, lines: list[StatementLine]) -> dict[str, bytes]:
+    header = ["billing_month", "site_id", "events", "amount_usd", "amount_exact", "first_seen_at", "new_site"]
+    rows = [[f"{month:%Y-%m}", ln.site_id, ln.events, str(ln.amount_usd), str(ln.amount_exact),
+             ln.first_seen_at.isoformat() if ln.first_seen_at else "", ln.new_site] for ln in lines]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    table = pa.table({
+        "billing_month": pa.array([f"{month:%Y-%m}"] * len(lines), pa.string()),
+        "site_id": pa.array([ln.site_id for ln in lines], pa.string()),
+        "events": pa.array([ln.events for ln in lines], pa.int64()),
+        "amount_usd": pa.array([ln.amount_usd for ln in lines], pa.decimal128(14, 2)),
+        "amount_exact": pa.array([ln.amount_exact for ln in lines], pa.decimal128(20, 8)),
+        "first_seen_at": pa.array([ln.first_seen_at for ln in lines], pa.timestamp("us", tz="UTC")),
+        "new_site": pa.array([ln.new_site for ln in lines], pa.bool_()),
+    })
+    parquet = io.BytesIO()
+    pq.write_table(table, parquet, compression="zstd")
+    return {"statement.csv": text.getvalue().encode(), "statement.parquet": parquet.getvalue()}
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    deps=[hourly_export],
+    pool="postgres",
+    group_name="billing",
+    kinds={"postgres", "s3"},
+    description="Per site and month: events exported, amount in USD at the configured rate per "
+    "1,000 events (PIXELPIPE_BILLING_RATE_PER_1000, default $0.01), and whether the site is new "
+    "that month. From export_manifest, so it stays exact after retention.",
+)
+def monthly_billing(context: dg.AssetExecutionContext, postgres: PostgresResource, s3: S3Resource,
+                    settings: PipelineSettings) -> dg.MaterializeResult:
+    start, end = month_window(context)
+    refuse_unfinished_month(start, end, datetime.now(UTC), settings.export_grace_minutes)
+    rate = Decimal(settings.billing_rate_per_1000)
+    with postgres.get_connection(autocommit=True) as conn:
+        missing = missing_hours(conn, start, end)
+        if missing:
+            raise dg.Failure(
+                description=f"{start:%Y-%m} cannot be billed: {len(missing)} hours are not exported: "
+                f"{_ranges(missing)}. Backfill hourly_export for them, then re-run this month.",
+                metadata={"missing_hours": len(missing)})
+        lines = compute_statement(conn, start, end, rate)
+        store_statement(conn, start, lines, rate)
+    client = s3.get_client()
+    for name, body in statement_files(start, lines).items():
+        client.put_object(Bucket=settings.backup_bucket, Key=f"billing/month={start:%Y-%m}/{name}", Body=body)
+    table = ["| site_id | events | amount (USD) | new site |", "|---|---:|---:|---|"]
+    table += [f"| {ln.site_id} | {ln.events} | {ln.amount_usd} | {'yes' if ln.new_site else ''} |"
+              for ln in lines[:100]]
+    return dg.MaterializeResult(metadata={
+        "sites": len(lines),
+        "events": sum(ln.events for ln in lines),
+        "amount_usd": float(sum((ln.amount_usd for ln in lines), Decimal(0))),
+        "new_sites": sum(ln.new_site for ln in lines),
+        "statement": dg.MetadataValue.md("\n".join(table)),
+        "objects": f"s3://{settings.backup_bucket}/billing/month={start:%Y-%m}/",
+    })
+
+
+@dg.asset_check(asset=monthly_billing, partitions_def=monthly_partitions,
+                description="The statement's total events equal the manifest's rows for the month.")
+def billing_matches_manifest(context, postgres: PostgresResource) -> dg.AssetCheckResult:
+    start, end = month_window(context)
+    with postgres.get_connection() as conn:
+        billed = conn.execute("SELECT coalesce(sum(events), 0) FROM billing_statements WHERE billing_month = %s",
+                              (start.date(),)).fetchone()[0]
+        exported = conn.execute(
+            "SELECT coalesce(sum(rows), 0) FROM export_manifest WHERE ingest_hour >= %s AND ingest_hour < %s",
+            (start, end)).fetchone()[0]
+    return dg.AssetCheckResult(passed=billed == exported,
+                               metadata={"billed_events": int(billed), "manifest_rows": int(exported)})

@@ -1,0 +1,106 @@
+"""retention_cleanup: the database is a buffer; an exported, verified hour older than the
+retention window is dropped as a whole partition, and nothing else is touched."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pipeline.assets.export import hourly_export
+from pipeline.event_partitions import hour_partitions
+from pipeline.resources import PipelineSettings, PostgresResource
+
+# Dropping a partition needs a brief exclusive lock on events_log; never queue behind a long
+# query (and block the collector meanwhile): give up and try again next hour.
+LOCK_TIMEOUT = "5s"
+
+
+@dataclass(frozen=True)
+class HourVerdict:
+    hour: datetime
+    partition: str
+    rows: int
+    purged: bool
+    reason: str
+
+
+def _verdict_reason(hour, rows_in_db, ledger, cutoff, retention_hours) -> str | None:
+    """Why this hour must stay; None when it may be purged."""
+    if hour + timedelta(hours=1) > cutoff:
+        return f"too young: inside the {retention_hours} h retention window"
+    if ledger is None:
+        return "not exported"
+    exported_rows, verified_at = ledger
+    if verified_at is None:
+        return "export not verified: export_reconciles or no_cross_tenant_rows failed or has not run"
+    if rows_in_db != exported_rows:
+        return f"{rows_in_db} rows in PostgreSQL but {exported_rows} exported: re-export the hour"
+    return None
+
+
+def apply_retention(conn: psycopg.Connection, now: datetime, retention_hours: int) -> list[HourVerdict]:
+    """Drop every qualifying past hour's partition and mark it purged; report every past hour.
+
+    `conn` must be in autocommit mode: each hour is decided and dropped in its own transaction,
+    with the partition locked so no row can slip in between the count and the drop.
+    """
+    cutoff = now - timedelta(hours=retention_hours)
+    current_hour = now.replace(minute=0, second=0, microsecond=0)
+    ledger = {hour: (rows, verified_at) for hour, rows, verified_at, purged_at in conn.execute(
+        "SELECT ingest_hour, rows, verified_at, purged_at FROM export_hours") if purged_at is None}
+    verdicts = []
+    for hour, name in sorted(hour_partitions(conn).items()):
+        if hour >= current_hour:
+            continue  # the open hour and the partitions made ahead
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            conn.execute(f'LOCK TABLE "{name}" IN ACCESS EXCLUSIVE MODE')
+            rows = conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+            reason = _verdict_reason(hour, rows, ledger.get(hour), cutoff, retention_hours)
+            if reason is None:
+                conn.execute(f'DROP TABLE "{name}"')
+                conn.execute("UPDATE export_hours SET purged_at = now() WHERE ingest_hour = %s", (hour,))
+        verdicts.append(HourVerdict(hour, name, rows, reason is None, reason or "exported and verified"))
+    return verdicts
+
+
+@dg.asset(
+    deps=[hourly_export],
+    pool="postgres",
+    group_name="retention",
+    kinds={"postgres"},
+    description="Drops each events_log hour older than the retention window whose export to both "
+    "buckets is recorded and verified by both checks, and marks it purged in export_hours. "
+    "Every other past hour stays and is listed with the reason.",
+)
+def retention_cleanup(context: dg.AssetExecutionContext, postgres: PostgresResource,
+                      settings: PipelineSettings) -> dg.MaterializeResult:
+    with postgres.get_connection(autocommit=True) as conn:
+        try:
+            verdicts = apply_retention(conn, datetime.now(UTC), settings.retention_hours)
+        except psycopg.errors.LockNotAvailable:
+            raise dg.Failure(
+                description="A partition could not be locked within "
+                f"{LOCK_TIMEOUT}: a long query holds events_log. Nothing was lost; the next hourly "
+                "run tries again. Look for long-running queries in pg_stat_activity.") from None
+        purged = [v for v in verdicts if v.purged]
+        kept = [v for v in verdicts if not v.purged]
+        conn.execute(
+            "INSERT INTO maintenance_log (operation, details) VALUES ('retention_cleanup', %s)",
+            (Jsonb({
+                "purged": [v.hour.isoformat() for v in purged],
+                "rows_purged": sum(v.rows for v in purged),
+                "kept": {v.hour.isoformat(): v.reason for v in kept}}),),
+        )
+    table = ["| ingest hour (UTC) | rows | reason kept |", "|---|---:|---|"]
+    table += [f"| {v.hour:%Y-%m-%d %H}:00 | {v.rows} | {v.reason} |" for v in kept[:100]]
+    return dg.MaterializeResult(metadata={
+        "hours_purged": len(purged),
+        "rows_purged": sum(v.rows for v in purged),
+        "hours_kept": len(kept),
+        "purged": dg.MetadataValue.md("\n".join(f"- {v.hour:%Y-%m-%d %H}:00 ({v.rows} rows)"
+                                                for v in purged) or "none"),
+        "kept": dg.MetadataValue.md("\n".join(table)),
+    })
