@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import psycopg
 import uvicorn
@@ -24,7 +25,14 @@ def app_from_env():
     """uvicorn factory: each worker process builds its app from the environment."""
     from ingest_service.app import create_app
 
-    return create_app(Settings.from_env(), os.environ["DATABASE_URL"])
+    extra_routes = []
+    if os.environ.get("PIXELPIPE_DEMO_PAGE"):  # set by `pixelpipe up --demo`
+        from starlette.responses import FileResponse
+        from starlette.routing import Route
+
+        page = Path(__file__).resolve().parent / "static" / "demo.html"
+        extra_routes.append(Route("/demo", lambda request: FileResponse(page), methods=["GET"]))
+    return create_app(Settings.from_env(), os.environ["DATABASE_URL"], extra_routes)
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None,

@@ -1,0 +1,90 @@
+"""Demo traffic for `pixelpipe up --demo`: live events through the collector, a few malformed
+requests for the dead letter, and the past few hours written directly with past ingest times so
+the export schedule and a backfill have closed hours to work on at once."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import psycopg
+
+from pixelpipe.migrations import ensure_partitions
+
+SITES = {"demo-shop": "https://shop.example.com", "blog-example-org": "https://blog.example.org",
+         "news-example-net": "https://news.example.net"}
+PAGES = ["/", "/pricing", "/blog/launch", "/cart", "/checkout", "/about"]
+HISTORY_HOURS = 6
+
+
+def _event(site: str, origin: str, rng: random.Random, when: datetime) -> dict:
+    kind = rng.choices(["pageview", "click", "scroll"], weights=[5, 3, 2])[0]
+    event = {"eventType": kind, "siteId": site, "url": origin + rng.choice(PAGES),
+             "sessionId": f"s{rng.randrange(50)}", "visitorId": f"v{rng.randrange(200)}",
+             "timestamp": when.isoformat()}
+    if kind == "scroll":
+        event["depth"] = rng.choice([25, 50, 75, 100])
+    if kind == "click":
+        event["text"] = rng.choice(["Buy", "Sign up", "Read more"])
+    return event
+
+
+def write_history(database_url: str, now: datetime, rng: random.Random) -> int:
+    """Events ingested in the past HISTORY_HOURS closed hours (skipped if already there)."""
+    first = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=HISTORY_HOURS)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        ensure_partitions(conn, now=now, hours_back=HISTORY_HOURS + 1)
+        if conn.execute("SELECT 1 FROM events_log WHERE created_at >= %s AND created_at < %s LIMIT 1",
+                        (first, first + timedelta(hours=HISTORY_HOURS))).fetchone():
+            return 0
+        written = 0
+        with conn.transaction(), conn.cursor() as cur, cur.copy(
+            'COPY events_log (event_type, session_id, visitor_id, site_id, "timestamp", url, path, '
+            "user_agent, ip_address, raw_event_data, created_at) FROM STDIN"
+        ) as copy:
+            for hour in range(HISTORY_HOURS):
+                for site, origin in SITES.items():
+                    for _ in range(rng.randint(150, 400)):
+                        created = first + timedelta(hours=hour, seconds=rng.uniform(0, 3599))
+                        event = _event(site, origin, rng, created - timedelta(seconds=rng.uniform(0, 90)))
+                        copy.write_row((event["eventType"], event["sessionId"], event["visitorId"], site,
+                                        event["timestamp"], event["url"], event["url"].split(".com")[-1],
+                                        "Mozilla/5.0 (demo)", f"203.0.113.{rng.randrange(1, 255)}",
+                                        orjson.dumps(event).decode(), created))
+                        written += 1
+        return written
+
+
+def live_traffic(collector_url: str, stopping: threading.Event, rng: random.Random) -> None:
+    """A few requests a second: batches, single events, pixels, now and then a bad one."""
+    with httpx.Client(base_url=collector_url, timeout=10) as client:
+        tick = 0
+        while not stopping.wait(0.5):
+            tick += 1
+            site, origin = rng.choice(list(SITES.items()))
+            now = datetime.now(UTC)
+            try:
+                batch = [_event(site, origin, rng, now) for _ in range(rng.randint(1, 8))]
+                client.post("/collect", content=orjson.dumps(
+                    {"eventType": "batch", "siteId": site, "events": batch}),
+                    headers={"content-type": "text/plain"})
+                client.get("/i", params={"eventType": "pageview", "url": origin + rng.choice(PAGES)})
+                if tick % 20 == 0:  # something for the dead letter
+                    client.post("/collect", content=b'{"eventType": "click", "oops"',
+                                headers={"content-type": "application/json"})
+                    client.post("/collect", json={"siteId": site, "note": "no eventType"})
+            except httpx.HTTPError:
+                time.sleep(1)
+
+
+def start_demo_traffic(database_url: str, collector_url: str, stopping: threading.Event) -> None:
+    rng = random.Random(7)
+    written = write_history(database_url, datetime.now(UTC), rng)
+    if written:
+        print(f"  demo history     {written} events in the last {HISTORY_HOURS} closed hours "
+              "(export them from the Dagster UI: hourly_export > Materialize > backfill)")
+    threading.Thread(target=live_traffic, args=(collector_url, stopping, rng), daemon=True).start()
