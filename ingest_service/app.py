@@ -68,6 +68,7 @@ class Collector:
             flush_interval=settings.flush_interval_ms / 1000,
             flush_max_rows=settings.flush_max_rows,
             queue_max_rows=settings.queue_max_rows,
+            flushers=settings.flush_connections,
         )
         self.tracker_js = (STATIC / "t.js").read_bytes()
 

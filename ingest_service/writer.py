@@ -1,9 +1,10 @@
 """The bulk writer: group commit with COPY, and acknowledgement only after commit.
 
 Requests hand their rows to `EventWriter.write()` and wait. A few flusher tasks, each with its
-own connection, take whatever has gathered (for up to `flush_interval` or `flush_max_rows`),
-write it with one COPY per table in one transaction, commit, and only then release the waiting
-requests. A request's rows never straddle two transactions, so they share one created_at.
+own connection, take whatever is waiting, write it with one COPY per table in one transaction,
+commit, and only then release the waiting requests. When nothing is being committed the rows go
+at once; while a commit is in flight the next flusher gathers for up to `flush_interval` (or
+`flush_max_rows`), so under load each transaction carries many requests. A request's rows never straddle two transactions, so they share one created_at.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class EventWriter:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._closing = False
+        self._flushing = 0  # flushes in progress
         self.database_ok = False
 
     async def start(self) -> None:
@@ -124,13 +126,18 @@ class EventWriter:
                         return
                     await self._wakeup.wait()
                     continue
-                if self._queued_rows < self.flush_max_rows and not self._closing:
-                    # Gather concurrent requests into one transaction.
+                if self._flushing and self._queued_rows < self.flush_max_rows and not self._closing:
+                    # Another transaction is being committed: gather what arrives meanwhile
+                    # into the next one. When nothing is in flight, write at once.
                     await asyncio.sleep(self.flush_interval)
                 batch = self._take()
                 if not batch:
                     continue
-                conn = await self._flush(conn, batch)
+                self._flushing += 1
+                try:
+                    conn = await self._flush(conn, batch)
+                finally:
+                    self._flushing -= 1
         finally:
             if conn is not None:
                 await conn.close()

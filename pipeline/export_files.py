@@ -38,6 +38,11 @@ EXPORT_SCHEMA = pa.schema([
     pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
 ])
 _TIMESTAMPS = {"timestamp", "created_at"}
+# Dictionary encoding pays off only where values repeat; on ids, URLs and raw JSON it is built
+# and then abandoned. Statistics serve readers' predicate pushdown and the tenant check.
+_DICTIONARY_COLUMNS = ["event_type", "session_id", "visitor_id", "site_id", "path", "user_agent",
+                       "ip_address"]
+_STATISTICS_COLUMNS = ["id", "event_type", "site_id", "timestamp", "created_at"]
 # Timestamps leave PostgreSQL as naive UTC text; the cast to EXPORT_SCHEMA attaches the zone.
 _CSV_TYPES = {
     f.name: (pa.timestamp("us") if f.name in _TIMESTAMPS else f.type) for f in EXPORT_SCHEMA
@@ -83,33 +88,37 @@ class _CopyStream:
 
     def __init__(self, copy: psycopg.Copy):
         self._chunks = iter(copy)
-        self._buffer = bytearray()
+        self._rest = b""  # what the last read() fetched beyond the size asked for
         self._done = False
         self.closed = False
 
     def read(self, size: int = -1) -> bytes:
-        while not self._done and (size < 0 or len(self._buffer) < size):
-            chunk = next(self._chunks, None)
+        # COPY hands out one row per chunk: gather them in a list, join once per block.
+        parts, have = [self._rest], len(self._rest)
+        chunks = self._chunks
+        while not self._done and (size < 0 or have < size):
+            chunk = next(chunks, None)
             if chunk is None:
                 self._done = True
             else:
-                self._buffer += chunk
-        if size < 0 or size >= len(self._buffer):
-            out, self._buffer = bytes(self._buffer), bytearray()
+                parts.append(chunk)
+                have += len(chunk)
+        data = b"".join(parts)
+        if 0 <= size < len(data):
+            data, self._rest = data[:size], data[size:]
         else:
-            out = bytes(self._buffer[:size])
-            del self._buffer[:size]
-        return out
+            self._rest = b""
+        return data
 
     def is_empty(self) -> bool:
         """True when the COPY produced no data at all (an hour with no rows)."""
-        if not self._buffer and not self._done:
+        if not self._rest and not self._done:
             chunk = next(self._chunks, None)
             if chunk is None:
                 self._done = True
             else:
-                self._buffer += chunk
-        return not self._buffer
+                self._rest = bytes(chunk)
+        return not self._rest
 
     def readable(self) -> bool:
         return True
@@ -155,8 +164,8 @@ class _SiteFileWriter:
             site_hash = hashlib.sha1(self.site_id.encode()).hexdigest()[:16]
             self._path = self.spool / f"{site_hash}-{self.part:05d}.parquet"
             self._writer = pq.ParquetWriter(
-                self._path, EXPORT_SCHEMA, compression="zstd", write_statistics=True,
-                use_dictionary=True,
+                self._path, EXPORT_SCHEMA, compression="zstd",
+                use_dictionary=_DICTIONARY_COLUMNS, write_statistics=_STATISTICS_COLUMNS,
             )
         self._writer.write_table(pa.Table.from_batches(self._pending, EXPORT_SCHEMA),
                                  row_group_size=self.row_group_rows)
@@ -174,6 +183,15 @@ class _SiteFileWriter:
         return finished
 
 
+def _with_utc_timestamps(raw: pa.RecordBatch) -> pa.RecordBatch:
+    """The parsed batch in EXPORT_SCHEMA: only the timestamp columns need a (zero-copy) cast."""
+    columns = [
+        column.cast(EXPORT_SCHEMA.field(name).type) if name in _TIMESTAMPS else column
+        for name, column in zip(raw.schema.names, raw.columns, strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=EXPORT_SCHEMA)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -187,7 +205,7 @@ def write_hour_files(
     hour: datetime,
     spool: Path,
     rows_per_file: int = 1_000_000,
-    row_group_rows: int = 128 * 1024,
+    row_group_rows: int = 64 * 1024,
 ) -> Iterator[SiteFile]:
     """Stream the ingest hour starting at `hour` into per-site files under `spool`.
 
@@ -206,7 +224,7 @@ def write_hour_files(
             reader = pacsv.open_csv(
                 stream,
                 read_options=pacsv.ReadOptions(column_names=EXPORT_SCHEMA.names,
-                                               block_size=4 << 20),
+                                               block_size=1 << 20),
                 parse_options=pacsv.ParseOptions(newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(
                     column_types=_CSV_TYPES, strings_can_be_null=True,
@@ -214,7 +232,7 @@ def write_hour_files(
             )
             current: _SiteFileWriter | None = None
             for raw in reader:
-                batch = raw.cast(EXPORT_SCHEMA)
+                batch = _with_utc_timestamps(raw)
                 runs = pc.run_end_encode(batch.column("site_id"))
                 start = 0
                 for site, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):

@@ -18,6 +18,11 @@ def upload_file(client, bucket: str, key: str, path: Path) -> None:
     client.upload_file(str(path), bucket, key, Config=_TRANSFER)
 
 
+def copy_object(client, source_bucket: str, source_key: str, bucket: str, key: str) -> None:
+    """Server-side copy: the bytes do not pass through this process again."""
+    client.copy({"Bucket": source_bucket, "Key": source_key}, bucket, key, Config=_TRANSFER)
+
+
 def list_keys(client, bucket: str, prefix: str) -> list[str]:
     keys = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):

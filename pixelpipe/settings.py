@@ -65,6 +65,7 @@ class Settings:
     max_batch_events: int = 1000
     flush_interval_ms: int = 5
     flush_max_rows: int = 5000
+    flush_connections: int = 2
     queue_max_rows: int = 100_000
     dead_letter_body_cap: int = 64 * 1024
     cors_origins: tuple[str, ...] = ("*",)
@@ -104,6 +105,7 @@ class Settings:
             max_batch_events=_int("PIXELPIPE_MAX_BATCH_EVENTS", 1000),
             flush_interval_ms=_int("PIXELPIPE_FLUSH_INTERVAL_MS", 5),
             flush_max_rows=_int("PIXELPIPE_FLUSH_MAX_ROWS", 5000),
+            flush_connections=_int("PIXELPIPE_FLUSH_CONNECTIONS", 2),
             queue_max_rows=_int("PIXELPIPE_QUEUE_MAX_ROWS", 100_000),
             dead_letter_body_cap=_int("PIXELPIPE_DEAD_LETTER_BODY_CAP", 64 * 1024),
             cors_origins=_list("PIXELPIPE_CORS_ORIGINS", "*"),

@@ -7,6 +7,7 @@ Also its two checks. Retention trusts an hour only when both passed.
 import tempfile
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +25,13 @@ from pipeline.manifest import (
     record_export,
     site_destinations,
 )
-from pipeline.object_store import delete_keys, list_keys, read_parquet_metadata, upload_file
+from pipeline.object_store import (
+    copy_object,
+    delete_keys,
+    list_keys,
+    read_parquet_metadata,
+    upload_file,
+)
 from pipeline.partitions import hourly_partitions, run_hours
 from pipeline.resources import PipelineSettings, PostgresResource
 
@@ -68,12 +75,29 @@ def _rows_per_site_table(sites: list[SiteExport], limit: int = 50) -> str:
     return "\n".join(lines)
 
 
+UPLOAD_THREADS = 4
+
+
+def _upload_both(client, path: Path, client_bucket: str, client_key: str, backup_bucket: str,
+                 backup_key: str) -> None:
+    """Upload once, to our backup bucket, then copy server-side into the client's bucket.
+
+    Half the upload work of two uploads, and it needs only write access to the client bucket.
+    """
+    upload_file(client, backup_bucket, backup_key, path)
+    copy_object(client, backup_bucket, backup_key, client_bucket, client_key)
+    path.unlink()
+
+
 def export_hour(conn, client, settings: PipelineSettings, hour: datetime,
                 previous_rows: int) -> tuple[list[SiteExport], int]:
     """Export one ingest hour; returns the sites written and the stale objects removed."""
     destinations = site_destinations(conn, settings.client_bucket)
     sites: dict[str, SiteExport] = {}
-    with tempfile.TemporaryDirectory(prefix="pixelpipe-export-") as spool, conn.transaction():
+    # Uploads run beside the next file's writing; at most a few finished files wait on disk.
+    with tempfile.TemporaryDirectory(prefix="pixelpipe-export-") as spool, \
+            ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as uploads, conn.transaction():
+        pending: list[Future] = []
         for file in write_hour_files(conn, hour, Path(spool), settings.rows_per_file):
             site = sites.get(file.site_id)
             if site is None:
@@ -81,14 +105,17 @@ def export_hour(conn, client, settings: PipelineSettings, hour: datetime,
                 site = sites[file.site_id] = SiteExport(file.site_id, bucket, prefix)
             client_key = object_key(file.site_id, hour, file.part, site.client_prefix)
             backup_key = object_key(file.site_id, hour, file.part)
-            upload_file(client, site.client_bucket, client_key, file.path)
-            upload_file(client, settings.backup_bucket, backup_key, file.path)
-            file.path.unlink()
+            pending.append(uploads.submit(_upload_both, client, file.path, site.client_bucket,
+                                          client_key, settings.backup_bucket, backup_key))
             site.rows += file.rows
             site.bytes += file.bytes
             site.client_keys.append(client_key)
             site.backup_keys.append(backup_key)
             site.sha256.append(file.sha256)
+            while len(pending) > 2 * UPLOAD_THREADS:
+                pending.pop(0).result()  # re-raises an upload's failure: the run fails here
+        for future in pending:
+            future.result()
     exported = list(sites.values())
     if previous_rows > 0 and not exported:
         raise dg.Failure(

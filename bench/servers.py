@@ -1,0 +1,45 @@
+"""Real servers for the benchmarks: the same embedded PostgreSQL and S3 the product starts,
+on free loopback ports in a temporary folder, stopped when the benchmark ends."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pixelpipe.embedded_postgres import EmbeddedPostgres  # noqa: E402
+from pixelpipe.embedded_s3 import EmbeddedS3  # noqa: E402
+from pixelpipe.migrations import apply_migrations  # noqa: E402
+from pixelpipe.process import free_port  # noqa: E402
+from pixelpipe.s3 import s3_client  # noqa: E402
+
+
+@contextlib.contextmanager
+def benchmark_servers(s3: bool = False) -> Iterator[dict]:
+    with tempfile.TemporaryDirectory(prefix="pixelpipe-bench-") as folder:
+        Path(folder).chmod(0o755)
+        postgres = EmbeddedPostgres(Path(folder) / "pg" / "data", free_port())
+        store = EmbeddedS3(Path(folder) / "s3" / "data", free_port()) if s3 else None
+        try:
+            url = postgres.start()
+            apply_migrations(url)
+            endpoint = store.start() if store else ""
+            yield {"database_url": url, "s3_endpoint": endpoint, "folder": Path(folder)}
+        finally:
+            if store:
+                store.stop()
+            postgres.stop()
+
+
+def bench_s3_client(endpoint: str):
+    return s3_client(endpoint, "bench", "bench", "us-east-1")
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
