@@ -9,6 +9,8 @@ The same rows always produce the same bytes, so a re-export replaces files exact
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -84,25 +86,64 @@ def hour_prefix(site_id: str, hour: datetime, prefix: str = "") -> str:
 
 
 class _CopyStream:
-    """A read-only file over a COPY TO STDOUT, for Arrow's streaming CSV reader."""
+    """A read-only file over a COPY TO STDOUT, for Arrow's streaming CSV reader.
+
+    A thread drains the COPY into a bounded queue of ~1 MiB blocks, so PostgreSQL keeps
+    streaming while Arrow parses and Parquet encodes (instead of stalling on a full socket).
+    """
+
+    _BLOCK = 1 << 20
+    _DEPTH = 16  # blocks in flight: memory bound ~16 MiB
 
     def __init__(self, copy: psycopg.Copy):
-        self._chunks = iter(copy)
-        self._rest = b""  # what the last read() fetched beyond the size asked for
+        self._blocks: queue.Queue = queue.Queue(self._DEPTH)
+        self._rest = b""
         self._done = False
         self.closed = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, args=(copy,), daemon=True)
+        self._thread.start()
 
-    def read(self, size: int = -1) -> bytes:
-        # COPY hands out one row per chunk: gather them in a list, join once per block.
-        parts, have = [self._rest], len(self._rest)
-        chunks = self._chunks
-        while not self._done and (size < 0 or have < size):
-            chunk = next(chunks, None)
-            if chunk is None:
-                self._done = True
-            else:
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._blocks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _drain(self, copy: psycopg.Copy) -> None:
+        parts, have = [], 0
+        try:
+            for chunk in copy:
                 parts.append(chunk)
                 have += len(chunk)
+                if have >= self._BLOCK:
+                    if not self._put(b"".join(parts)):
+                        return  # the reader gave up (an error downstream)
+                    parts, have = [], 0
+            if parts:
+                self._put(b"".join(parts))
+            self._put(None)
+        except BaseException as error:  # re-raised in the reading thread
+            self._put(error)
+
+    def _next_block(self) -> bytes | None:
+        block = self._blocks.get()
+        if isinstance(block, BaseException):
+            raise block
+        return block
+
+    def read(self, size: int = -1) -> bytes:
+        parts, have = [self._rest], len(self._rest)
+        while not self._done and (size < 0 or have < size):
+            block = self._next_block()
+            if block is None:
+                self._done = True
+            else:
+                parts.append(block)
+                have += len(block)
         data = b"".join(parts)
         if 0 <= size < len(data):
             data, self._rest = data[:size], data[size:]
@@ -113,18 +154,28 @@ class _CopyStream:
     def is_empty(self) -> bool:
         """True when the COPY produced no data at all (an hour with no rows)."""
         if not self._rest and not self._done:
-            chunk = next(self._chunks, None)
-            if chunk is None:
+            block = self._next_block()
+            if block is None:
                 self._done = True
             else:
-                self._rest = bytes(chunk)
+                self._rest = block
         return not self._rest
+
+    def finish(self) -> None:
+        """Wait for the drain thread (the COPY must end before the connection is reused)."""
+        while not self._done:
+            if self._next_block() is None:
+                self._done = True
+        self._thread.join()
 
     def readable(self) -> bool:
         return True
 
     def close(self) -> None:
+        """Stop the drain thread, e.g. when an error downstream abandons the COPY."""
         self.closed = True
+        self._stop.set()
+        self._thread.join()
 
 
 class _SiteFileWriter:
@@ -215,32 +266,35 @@ def write_hour_files(
     spool.mkdir(parents=True, exist_ok=True)
     params = {"start": hour, "end": hour + timedelta(hours=1)}
     with conn.cursor() as cur:
-        # Sorting an hour by (site_id, id) in memory is far cheaper than spilling to disk.
-        cur.execute("SET LOCAL work_mem = '256MB'")
         with cur.copy(_HOUR_COPY, params) as copy:
             stream = _CopyStream(copy)
-            if stream.is_empty():
-                return  # Arrow refuses an empty CSV; an empty hour simply has no files
-            reader = pacsv.open_csv(
-                stream,
-                read_options=pacsv.ReadOptions(column_names=EXPORT_SCHEMA.names,
-                                               block_size=1 << 20),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=_CSV_TYPES, strings_can_be_null=True,
-                    quoted_strings_can_be_null=False),
-            )
-            current: _SiteFileWriter | None = None
-            for raw in reader:
-                batch = _with_utc_timestamps(raw)
-                runs = pc.run_end_encode(batch.column("site_id"))
-                start = 0
-                for site, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
-                    if current is None or current.site_id != site:
-                        if current is not None:
-                            yield from current.finish()
-                        current = _SiteFileWriter(site, spool, rows_per_file, row_group_rows)
-                    yield from current.add(batch.slice(start, end - start))
-                    start = end
-            if current is not None:
-                yield from current.finish()
+            try:
+                if stream.is_empty():
+                    stream.finish()
+                    return  # Arrow refuses an empty CSV; an empty hour simply has no files
+                reader = pacsv.open_csv(
+                    stream,
+                    read_options=pacsv.ReadOptions(column_names=EXPORT_SCHEMA.names,
+                                                   block_size=1 << 20),
+                    parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types=_CSV_TYPES, strings_can_be_null=True,
+                        quoted_strings_can_be_null=False),
+                )
+                current: _SiteFileWriter | None = None
+                for raw in reader:
+                    batch = _with_utc_timestamps(raw)
+                    runs = pc.run_end_encode(batch.column("site_id"))
+                    start = 0
+                    for site, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+                        if current is None or current.site_id != site:
+                            if current is not None:
+                                yield from current.finish()
+                            current = _SiteFileWriter(site, spool, rows_per_file, row_group_rows)
+                        yield from current.add(batch.slice(start, end - start))
+                        start = end
+                if current is not None:
+                    yield from current.finish()
+                stream.finish()
+            finally:
+                stream.close()  # the COPY is not touched by another thread past here
