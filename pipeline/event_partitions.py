@@ -29,3 +29,8 @@ def hours_in_default_partition(conn: psycopg.Connection) -> list[datetime]:
     """Hours that have rows in the default partition (they had no partition when written)."""
     return [row[0] for row in conn.execute(
         "SELECT DISTINCT date_trunc('hour', created_at, 'UTC') FROM events_log_default ORDER BY 1")]
+
+
+def sealed_partitions(conn: psycopg.Connection) -> set[str]:
+    """Partitions sealed by an export: no row can have been added since it read them."""
+    return {row[0] for row in conn.execute("SELECT partition_name FROM events_log_sealed_partitions")}

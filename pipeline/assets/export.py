@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 from dagster_aws.s3 import S3Resource
 
 from pipeline.assets.events_log import events_log
@@ -76,6 +77,7 @@ def _rows_per_site_table(sites: list[SiteExport], limit: int = 50) -> str:
 
 
 UPLOAD_THREADS = 4
+SEAL_LOCK_TIMEOUT = "10s"
 
 
 def _upload_both(client, path: Path, client_bucket: str, client_key: str, backup_bucket: str,
@@ -89,9 +91,24 @@ def _upload_both(client, path: Path, client_bucket: str, client_key: str, backup
     path.unlink()
 
 
+def seal_hour(conn, hour: datetime) -> None:
+    """Seal the hour's partition before reading it: inserts in flight finish first, later ones
+    fail loudly. What the export reads is then all the hour will ever hold."""
+    try:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{SEAL_LOCK_TIMEOUT}'")
+            conn.execute("SELECT events_log_seal_hour(%s)", (hour,))
+    except psycopg.errors.LockNotAvailable:
+        raise dg.Failure(
+            description=f"Could not seal ingest hour {hour:%Y-%m-%d %H}:00 UTC within "
+            f"{SEAL_LOCK_TIMEOUT}: a long transaction holds its partition. Nothing was written; "
+            "look for long-running queries in pg_stat_activity and re-run the hour.") from None
+
+
 def export_hour(conn, client, settings: PipelineSettings, hour: datetime,
                 previous_rows: int) -> tuple[list[SiteExport], int]:
     """Export one ingest hour; returns the sites written and the stale objects removed."""
+    seal_hour(conn, hour)
     destinations = site_destinations(conn, settings.client_bucket)
     sites: dict[str, SiteExport] = {}
     # Uploads run beside the next file's writing; at most a few finished files wait on disk.

@@ -9,7 +9,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from pipeline.assets.export import hourly_export
-from pipeline.event_partitions import hour_partitions
+from pipeline.event_partitions import hour_partitions, sealed_partitions
 from pipeline.resources import PipelineSettings, PostgresResource
 
 # Dropping a partition needs a brief exclusive lock on events_log; never queue behind a long
@@ -50,19 +50,25 @@ def apply_retention(conn: psycopg.Connection, now: datetime, retention_hours: in
     current_hour = now.replace(minute=0, second=0, microsecond=0)
     ledger = {hour: (rows, verified_at) for hour, rows, verified_at, purged_at in conn.execute(
         "SELECT ingest_hour, rows, verified_at, purged_at FROM export_hours") if purged_at is None}
+    sealed = sealed_partitions(conn)
     verdicts = []
-    for hour, name in sorted(hour_partitions(conn).items()):
-        if hour >= current_hour:
-            continue  # the open hour and the partitions made ahead
-        with conn.transaction():
-            conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    # One transaction for the whole run: one commit (one WAL flush) however many hours go, and
+    # all or nothing if a lock cannot be had.
+    with conn.transaction():
+        conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        for hour, name in sorted(hour_partitions(conn).items()):
+            if hour >= current_hour:
+                continue  # the open hour and the partitions made ahead
             conn.execute(f'LOCK TABLE "{name}" IN ACCESS EXCLUSIVE MODE')
-            rows = conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+            if name in sealed and hour in ledger:
+                rows = ledger[hour][0]  # sealed: nothing was added after the export read it
+            else:
+                rows = conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
             reason = _verdict_reason(hour, rows, ledger.get(hour), cutoff, retention_hours)
             if reason is None:
                 conn.execute(f'DROP TABLE "{name}"')
                 conn.execute("UPDATE export_hours SET purged_at = now() WHERE ingest_hour = %s", (hour,))
-        verdicts.append(HourVerdict(hour, name, rows, reason is None, reason or "exported and verified"))
+            verdicts.append(HourVerdict(hour, name, rows, reason is None, reason or "exported and verified"))
     return verdicts
 
 

@@ -187,6 +187,20 @@ def test_an_unreachable_s3_fails_the_run_and_writes_no_manifest(resources, db):
     assert db.execute("SELECT count(*) FROM export_hours").fetchone()[0] == 0
 
 
+def test_an_exported_hour_is_sealed_against_late_rows(resources, db):
+    import psycopg
+
+    hour = closed_hour(3)
+    seed_events(db, hour, "beta", 4)
+    assert materialize_export(resources, partition=partition_key(hour)).success
+    with pytest.raises(psycopg.errors.CheckViolation, match="sealed"):
+        seed_events(db, hour, "beta", 1)
+    assert db.execute("SELECT count(*) FROM events_log").fetchone()[0] == 4
+    # Re-exporting a sealed hour still works and writes the same rows.
+    assert materialize_export(resources, partition=partition_key(hour)).success
+    assert db.execute("SELECT rows FROM export_hours").fetchone()[0] == 4
+
+
 def test_late_events_are_exported_in_their_ingest_hour(resources, db, s3, buckets):
     hour = closed_hour(3)
     seed_events(db, hour, "beta", 10, event_time=hour - timedelta(hours=7))

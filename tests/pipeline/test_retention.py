@@ -4,9 +4,11 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import psycopg
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from pipeline.assets.export import seal_hour
 from pipeline.assets.retention import apply_retention, retention_cleanup
 from pixelpipe.migrations import ensure_partitions
 from tests.conftest import new_database
@@ -84,6 +86,7 @@ operations = st.lists(
 @given(steps=operations)
 # Always tried: a row that arrives after a verified export, and an export whose check failed.
 @example(steps=[("ingest", 0, 2), ("export", 0, True), ("ingest", 0, 1), ("cleanup", 5, 0)])
+@example(steps=[("ingest", 2, 2), ("export", 2, True), ("cleanup", 9, 1)])
 @example(steps=[("ingest", 1, 3), ("export", 1, False), ("cleanup", 9, 2)])
 def test_no_sequence_of_operations_loses_an_unexported_row(postgres_server, template_database, steps):
     url = new_database(postgres_server, template_database)
@@ -97,12 +100,17 @@ def test_no_sequence_of_operations_loses_an_unexported_row(postgres_server, temp
                 hour = START + timedelta(hours=a)
                 if a in purged_with:
                     continue  # the partition is gone; a late row for it would land in default
+                if a in exports:  # the export sealed the hour: a late row is refused, loudly
+                    with pytest.raises(psycopg.errors.CheckViolation):
+                        seed_events(db, hour, "beta", b)
+                    continue
                 seed_events(db, hour, "beta", b)
                 ingested[a] += b
             elif op == "export":  # b: whether both checks passed
                 hour = START + timedelta(hours=a)
                 if a in purged_with:
                     continue  # refused by hourly_export (tested in test_export)
+                seal_hour(db, hour)  # as hourly_export does before it reads the hour
                 verified = "now()" if b else "NULL"
                 db.execute(
                     f"""INSERT INTO export_hours (ingest_hour, rows, sites, files, bytes, exported_at,
