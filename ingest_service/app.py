@@ -5,6 +5,7 @@ Parsing lives in events.py, writing in writer.py. Every 2xx here means: committe
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ipaddress
@@ -21,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest_service.events import (
+    EVENT_COLUMNS,
     BodyRejected,
     EventRejected,
     Limits,
@@ -41,6 +43,8 @@ PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAA
 PIXEL_HEADERS = {"Cache-Control": "no-store, max-age=0"}
 RETRY_AFTER_SECONDS = "5"
 STATIC = Path(__file__).resolve().parent / "static"
+SITE_COLUMN = EVENT_COLUMNS.index("site_id")
+BLOCKED_SITES_REFRESH_SECONDS = 30
 
 
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
@@ -71,6 +75,30 @@ class Collector:
             flushers=settings.flush_connections,
         )
         self.tracker_js = (STATIC / "t.js").read_bytes()
+        self.database_url = database_url
+        self.blocked_sites: frozenset[str] = frozenset()
+
+    async def refresh_blocked_sites(self) -> None:
+        """Sites with sites.allowed = false; their events go to the dead letter."""
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                    self.database_url, connect_timeout=2, autocommit=True) as conn:
+                cursor = await conn.execute("SELECT site_id FROM sites WHERE NOT allowed")
+                self.blocked_sites = frozenset(row[0] for row in await cursor.fetchall())
+        except psycopg.Error:
+            pass  # keep the last known list; the writer reports the database itself
+
+    async def keep_blocked_sites_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(BLOCKED_SITES_REFRESH_SECONDS)
+            await self.refresh_blocked_sites()
+
+    def checked_row(self, candidate, context: RequestContext, envelope: dict | None = None) -> tuple:
+        row = event_row(candidate, context, envelope)
+        if row[SITE_COLUMN] in self.blocked_sites:
+            raise EventRejected("site_not_allowed",
+                                f"Site {row[SITE_COLUMN]!r} is not allowed (sites.allowed = false).")
+        return row
 
     def context(self, request: Request) -> RequestContext:
         headers = request.headers
@@ -104,7 +132,7 @@ class Collector:
         context = self.context(request)
         params = dict(request.query_params)
         try:
-            events, rejects = [event_row(params, context)], []
+            events, rejects = [self.checked_row(params, context)], []
         except EventRejected as error:
             raw = request.url.query.encode()
             events, rejects = [], [self.reject_row(f"{error.code}: {error.detail}", "/i", request, context, raw)]
@@ -139,7 +167,7 @@ class Collector:
         events, rejects, errors = [], [], []
         for index, candidate in enumerate(candidates):
             try:
-                events.append(event_row(candidate, context, envelope))
+                events.append(self.checked_row(candidate, context, envelope))
             except EventRejected as error:
                 try:
                     raw = orjson.dumps(candidate)
@@ -211,10 +239,13 @@ def create_app(settings: Settings, database_url: str, extra_routes: list | None 
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        await collector.refresh_blocked_sites()
+        refresher = asyncio.create_task(collector.keep_blocked_sites_fresh())
         await collector.writer.start()
         try:
             yield
         finally:
+            refresher.cancel()
             # SIGTERM: uvicorn stops accepting and lets requests finish; then we flush the rest.
             await collector.writer.close()
 

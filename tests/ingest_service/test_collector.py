@@ -149,6 +149,18 @@ def test_more_events_than_the_batch_cap_is_413(database_url, db):
     assert events(db) == [] and len(rejected(db)) == 1
 
 
+def test_a_site_that_is_not_allowed_is_dead_lettered(database_url, db):
+    db.execute("INSERT INTO sites (site_id, allowed) VALUES ('banned-site', false)")
+    with make_client(database_url) as collector:
+        response = post(collector, [{"eventType": "x", "siteId": "banned-site"},
+                                    {"eventType": "x", "siteId": "fine-site"}])
+        pixel = collector.get("/i", params={"eventType": "x", "siteId": "banned-site"})
+    assert response.json()["accepted"] == 1 and response.json()["errors"][0]["error"] == "site_not_allowed"
+    assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
+    assert [e[1] for e in events(db)] == ["fine-site"]
+    assert [r[0].split(":")[0] for r in rejected(db)] == ["site_not_allowed", "site_not_allowed"]
+
+
 def test_cors_preflight_and_simple_request(client):
     preflight = client.options("/collect", headers={
         "origin": "https://shop.example.com", "access-control-request-method": "POST",
