@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -32,7 +33,13 @@ def app_from_env():
 
         page = Path(__file__).resolve().parent / "static" / "demo.html"
         extra_routes.append(Route("/demo", lambda request: FileResponse(page), methods=["GET"]))
-    return create_app(Settings.from_env(), os.environ["DATABASE_URL"], extra_routes)
+    app = create_app(Settings.from_env(), os.environ["DATABASE_URL"], extra_routes)
+    # Every request allocates a few short-lived objects; the default GC thresholds then run
+    # full collections over everything imported at start-up, and those pauses were the pixel's
+    # p99 (30-41 ms -> 15-17 ms at the same throughput, 2 workers, 64 connections).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    return app
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None,
