@@ -39,12 +39,8 @@ def state_dir():
 
 @pytest.fixture(scope="session")
 def postgres_server(state_dir):
-    server = EmbeddedPostgres(state_dir / "postgres" / "data", free_port())
-    server.start()
-    try:
+    with EmbeddedPostgres(state_dir / "postgres" / "data", free_port()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -83,12 +79,8 @@ def db(database_url):
 
 @pytest.fixture(scope="session")
 def s3_server(state_dir):
-    server = EmbeddedS3(state_dir / "s3" / "data", free_port())
-    server.start()
-    try:
+    with EmbeddedS3(state_dir / "s3" / "data", free_port()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
