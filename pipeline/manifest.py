@@ -30,17 +30,15 @@ class SiteExport:
 
 @dataclass(frozen=True)
 class HourState:
+    """What an earlier export recorded for the hour: its rows, and whether retention purged it."""
+
     rows: int
-    exported_at: datetime
-    verified_at: datetime | None
     purged_at: datetime | None
 
 
 def hour_state(conn: psycopg.Connection, hour: datetime) -> HourState | None:
     row = conn.execute(
-        "SELECT rows, exported_at, verified_at, purged_at FROM export_hours WHERE ingest_hour = %s",
-        (hour,),
-    ).fetchone()
+        "SELECT rows, purged_at FROM export_hours WHERE ingest_hour = %s", (hour,)).fetchone()
     return HourState(*row) if row else None
 
 

