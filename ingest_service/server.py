@@ -6,20 +6,12 @@ import gc
 import os
 from pathlib import Path
 
-import psycopg
 import uvicorn
 
 from pixelpipe.database import database_url
-from pixelpipe.migrations import apply_migrations, ensure_partitions
+from pixelpipe.migrations import migrate
 from pixelpipe.process import exit_on_sigterm
 from pixelpipe.settings import Settings
-
-
-def prepare_database(url: str) -> None:
-    """Migrations (idempotent, locked) and partitions ahead, so no insert hits the default."""
-    apply_migrations(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        ensure_partitions(conn)
 
 
 def app_from_env():
@@ -46,7 +38,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None,
           workers: int | None = None) -> int:
     exit_on_sigterm()
     with database_url(settings) as url:
-        prepare_database(url)
+        migrate(url)  # idempotent and locked; partitions ahead so no insert hits the default
         os.environ["DATABASE_URL"] = url  # the worker processes read it
         uvicorn.run(
             "ingest_service.server:app_from_env",

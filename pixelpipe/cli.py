@@ -5,20 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-import psycopg
-
 from pixelpipe.errors import PixelpipeError
 from pixelpipe.settings import Settings
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from pixelpipe.database import database_url
-    from pixelpipe.migrations import apply_migrations, ensure_partitions
+    from pixelpipe.migrations import migrate
 
     with database_url(settings) as url:
-        applied = apply_migrations(url)
-        with psycopg.connect(url, autocommit=True) as conn:
-            created = ensure_partitions(conn)
+        applied, created = migrate(url)
     print(f"migrations applied: {', '.join(applied) if applied else 'none (already up to date)'}")
     print(f"partitions created: {len(created)}")
     return 0

@@ -46,6 +46,15 @@ def apply_migrations(url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     return applied_now
 
 
+def migrate(url: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """Migrations, then partitions ahead: what `pixelpipe migrate`, the collector and `up` run
+    before anything writes. Returns (versions applied, partitions created)."""
+    applied = apply_migrations(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        created = ensure_partitions(conn)
+    return applied, created
+
+
 def ensure_partitions(
     conn: psycopg.Connection,
     now: datetime | None = None,

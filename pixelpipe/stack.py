@@ -18,10 +18,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pixelpipe.database import check_reachable
-from pixelpipe.embedded_postgres import EmbeddedPostgres
+from pixelpipe.database import database_url as pixelpipe_database_url
 from pixelpipe.embedded_s3 import EmbeddedS3
 from pixelpipe.errors import PixelpipeError
+from pixelpipe.migrations import migrate
 from pixelpipe.process import ManagedProcess, exit_on_sigterm, require_free_port
 from pixelpipe.s3 import ensure_buckets, s3_client
 from pixelpipe.settings import Settings
@@ -52,7 +52,7 @@ class Stack:
         self.settings = settings
         self.demo = demo
         self.home = settings.home
-        self.stores: list = []  # embedded PostgreSQL and S3, stopped last
+        self.stores = contextlib.ExitStack()  # PostgreSQL and S3: entered first, closed last
         self.services: list[ManagedProcess] = []
         self.env: dict[str, str] = {}
         self.stopping = threading.Event()
@@ -64,7 +64,7 @@ class Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         require_free_port(settings.collector_port, "PIXELPIPE_COLLECTOR_PORT", "the collector")
         require_free_port(settings.dagster_port, "PIXELPIPE_DAGSTER_PORT", "the Dagster webserver")
-        database_url = self._start_postgres()
+        database_url = self.stores.enter_context(pixelpipe_database_url(settings))
         s3_endpoint, key, secret = self._start_s3()
         self._prepare(database_url, s3_endpoint, key, secret)
         dagster_home = self.home / "dagster"
@@ -111,26 +111,15 @@ class Stack:
     def dagster_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.dagster_port}"
 
-    def _start_postgres(self) -> str:
-        if self.settings.database_url:
-            check_reachable(self.settings.database_url)
-            return self.settings.database_url
-        server = EmbeddedPostgres(self.home / "postgres" / "data", self.settings.postgres_port)
-        self.stores.append(server)
-        return server.start()
-
     def _start_s3(self) -> tuple[str, str, str]:
         settings = self.settings
         if settings.s3_endpoint:
             return settings.s3_endpoint, settings.aws_access_key_id, settings.aws_secret_access_key
-        server = EmbeddedS3(self.home / "s3" / "data", settings.s3_port)
-        self.stores.append(server)
-        return server.start(), EMBEDDED_S3_KEY, EMBEDDED_S3_KEY
+        server = self.stores.enter_context(EmbeddedS3(self.home / "s3" / "data", settings.s3_port))
+        return server.endpoint, EMBEDDED_S3_KEY, EMBEDDED_S3_KEY
 
     def _prepare(self, database_url: str, s3_endpoint: str, key: str, secret: str) -> None:
-        from ingest_service.server import prepare_database
-
-        prepare_database(database_url)
+        migrate(database_url)
         client = s3_client(s3_endpoint, key, secret, self.settings.aws_region)
         try:
             ensure_buckets(client, [self.settings.client_bucket, self.settings.backup_bucket])
@@ -157,8 +146,7 @@ class Stack:
         # The collector first: it stops accepting and flushes what it acknowledged.
         for service in self.services:
             service.stop()
-        for store in reversed(self.stores):
-            store.stop()
+        self.stores.close()
 
 
 def run_stack(settings: Settings, demo: bool = False) -> int:

@@ -2,7 +2,7 @@
 and the seed's weekly REINDEX where an index is bloated. It logs to maintenance_log, never to
 events_log (a row there would be exported to a client and billed)."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import dagster as dg
 from psycopg.types.json import Jsonb
@@ -23,9 +23,7 @@ def upkeep_partitions(conn, now: datetime) -> dict:
     created = ensure_partitions(conn, now=now, hours_back=1, hours_ahead=PARTITIONS_AHEAD_HOURS)
     moved = []
     for hour in hours_in_default_partition(conn):
-        moved += conn.execute(
-            "SELECT partition_name, moved_rows FROM events_log_ensure_partitions(%s, %s)",
-            (hour, hour + timedelta(hours=1))).fetchall()
+        moved += ensure_partitions(conn, now=hour, hours_back=0, hours_ahead=1)
     return {
         "partitions_created": len(created) + len(moved),
         "rows_moved_from_default": sum(rows for _, rows in created + moved),
