@@ -7,6 +7,7 @@ problem with one event raises EventRejected (that event is dead-lettered, the re
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import zlib
@@ -131,23 +132,35 @@ def parse_events(payload: bytes, limits: Limits) -> tuple[list, dict]:
     return events, envelope
 
 
-def _check_values(value, depth: int = 1) -> None:
-    """Reject what PostgreSQL's JSONB cannot store (NUL) and absurd nesting."""
+def _check_depth(value, depth: int = 1) -> None:
+    """Reject absurd nesting; only containers are walked (most event fields are scalars)."""
     if depth > MAX_DEPTH:
         raise EventRejected("too_deep", f"The event nests deeper than {MAX_DEPTH} levels.")
+    for item in value.values() if isinstance(value, dict) else value:
+        if isinstance(item, (dict, list)):
+            _check_depth(item, depth + 1)
+
+
+def _has_nul(value) -> bool:
     if isinstance(value, str):
-        if "\x00" in value:
-            raise EventRejected("nul_character", "The event contains a NUL character (\\u0000).")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if "\x00" in key:
-                raise EventRejected("nul_character", "The event contains a NUL character (\\u0000).")
-            if isinstance(item, (dict, list, str)):
-                _check_values(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, (dict, list, str)):
-                _check_values(item, depth + 1)
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def _raw_json(event: dict) -> str:
+    """The event as stored in raw_event_data; refuses what PostgreSQL's JSONB cannot hold (NUL).
+
+    orjson writes a NUL as \\u0000, so only an event whose JSON contains that text (rare) is
+    walked to tell a real NUL from a literal backslash-u0000.
+    """
+    raw = orjson.dumps(event)
+    if b"\\u0000" in raw and _has_nul(event):
+        raise EventRejected("nul_character", "The event contains a NUL character (\\u0000).")
+    return raw.decode()
 
 
 def _text(value, limit: int | None = None) -> str | None:
@@ -195,31 +208,45 @@ def anonymize_ip(address: str) -> str:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Parsed once per distinct address: the pixel sees the same peers over and over."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_text(text: str) -> str | None:
+    address = _ip(text)
+    return str(address) if address is not None else None
+
+
 def client_ip(peer: str | None, forwarded_for: str | None,
               trusted_proxies: tuple[ipaddress._BaseNetwork, ...]) -> str | None:
     """The peer address, or the client from X-Forwarded-For when the peer is a trusted proxy."""
-    try:
-        address = ipaddress.ip_address(peer) if peer else None
-    except ValueError:
-        address = None
-    if address is not None and forwarded_for and any(address in net for net in trusted_proxies):
-        # Walk the chain from the right, skipping our own proxies.
-        for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
-            try:
-                hop_address = ipaddress.ip_address(hop)
-            except ValueError:
-                break
-            address = hop_address
-            if not any(hop_address in net for net in trusted_proxies):
-                break
-    return str(address) if address is not None else None
+    if not peer:
+        return None
+    address = _ip(peer)
+    if address is None or not forwarded_for or not any(address in net for net in trusted_proxies):
+        return _ip_text(peer)
+    # Walk the chain from the right, skipping our own proxies.
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        hop_address = _ip(hop)
+        if hop_address is None:
+            break
+        address = hop_address
+        if not any(hop_address in net for net in trusted_proxies):
+            break
+    return str(address)
 
 
 def event_row(event, context: RequestContext, envelope: dict | None = None) -> tuple:
     """One event object -> a row in EVENT_COLUMNS order, or EventRejected."""
     if not isinstance(event, dict):
         raise EventRejected("not_an_object", "Each event must be a JSON object.")
-    _check_values(event)
+    _check_depth(event)
     event_type = event.get("eventType")
     if not isinstance(event_type, str) or not event_type.strip():
         raise EventRejected("missing_event_type", 'The event has no "eventType" string.')
@@ -257,6 +284,6 @@ def event_row(event, context: RequestContext, envelope: dict | None = None) -> t
         path[:PATH_MAX] if path else None,
         _text(event.get("userAgent")) or context.user_agent,
         context.client_ip,
-        orjson.dumps(event).decode(),
+        _raw_json(event),
     )
 

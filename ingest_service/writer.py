@@ -142,6 +142,18 @@ class EventWriter:
             if conn is not None:
                 await conn.close()
 
+    @staticmethod
+    async def _copy(conn, events: list[tuple], rejects: list[tuple]) -> None:
+        async with conn.cursor() as cur:
+            if events:
+                async with cur.copy(_COPY_EVENTS) as copy:
+                    for row in events:
+                        await copy.write_row(row)
+            if rejects:
+                async with cur.copy(_COPY_REJECTS) as copy:
+                    for row in rejects:
+                        await copy.write_row(row)
+
     async def _flush(self, conn, batch: list[_Pending]):
         started = time.perf_counter()
         events = [row for item in batch for row in item.events]
@@ -149,17 +161,14 @@ class EventWriter:
         try:
             if conn is None or conn.closed:
                 conn = await psycopg.AsyncConnection.connect(
-                    self.conninfo, connect_timeout=self.connect_timeout)
-            async with conn.transaction():
-                async with conn.cursor() as cur:
-                    if events:
-                        async with cur.copy(_COPY_EVENTS) as copy:
-                            for row in events:
-                                await copy.write_row(row)
-                    if rejects:
-                        async with cur.copy(_COPY_REJECTS) as copy:
-                            for row in rejects:
-                                await copy.write_row(row)
+                    self.conninfo, connect_timeout=self.connect_timeout, autocommit=True)
+            if rejects:
+                async with conn.transaction():
+                    await self._copy(conn, events, rejects)
+            else:
+                # A lone COPY in autocommit is its own transaction: the same atomic commit,
+                # without the BEGIN and COMMIT round trips.
+                await self._copy(conn, events, rejects)
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
             self.database_ok = False
             self.metrics.flush_failures += 1

@@ -3,6 +3,7 @@
 import ipaddress
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from ingest_service.events import (
@@ -66,6 +67,7 @@ def test_path_comes_from_url_and_user_agent_from_header_unless_given():
         ({"siteId": "s"}, "missing_event_type"),
         ({"eventType": "x" * 51, "siteId": "s"}, "event_type_too_long"),
         ({"eventType": "x", "siteId": "s", "note": "a\x00b"}, "nul_character"),
+        ({"eventType": "x", "siteId": "s", "deep": [{"a\x00": 1}]}, "nul_character"),
         ({"eventType": "x", "siteId": "../other-tenant"}, "invalid_site_id"),
         ("just a string", "not_an_object"),
     ],
@@ -74,6 +76,11 @@ def test_invalid_events_are_rejected_with_a_specific_code(event, code):
     with pytest.raises(EventRejected) as error:
         event_row(event, CTX)
     assert error.value.code == code
+
+
+def test_the_text_backslash_u0000_is_not_a_nul_and_is_kept():
+    extracted = row({"eventType": "x", "siteId": "s", "note": "C:\\u0000"})
+    assert orjson.loads(extracted["raw_event_data"])["note"] == "C:\\u0000"
 
 
 def test_deep_nesting_is_rejected():
