@@ -46,6 +46,19 @@ def test_pixel_with_bad_input_still_answers_a_gif_and_dead_letters(client, db):
     assert bytes(raw) == b"siteId=s"
 
 
+def test_pixel_refused_by_the_database_is_dead_lettered_and_still_a_gif(client, db):
+    # A sealed hour refuses inserts (the export has read it); the pixel must not break the page.
+    db.execute("SELECT events_log_seal_hour(date_trunc('hour', now()))")
+    db.commit()
+    response = client.get("/i", params={"eventType": "pageview", "siteId": "s"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/gif"
+    assert events(db) == []
+    [(reason, endpoint, _, raw)] = rejected(db)
+    assert reason.startswith("database_refused:") and "_sealed" in reason and endpoint == "/i"
+    assert bytes(raw) == b"eventType=pageview&siteId=s"
+
+
 def test_single_event_post(client, db):
     response = post(client, {"eventType": "click", "siteId": "site-a", "button": {"id": 7}})
     assert response.status_code == 200
