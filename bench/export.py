@@ -3,7 +3,8 @@
 Three ways over the same rows, each in its own process (so peak RSS is its own):
   ceiling   a bare COPY (SELECT ...) TO STDOUT, read and discarded: no Parquet, no upload
   baseline  pandas.read_sql of the hour, DataFrame.to_parquet, one put_object
-  pixelpipe export_hour(): COPY CSV -> Arrow -> zstd Parquet per site -> client + backup upload
+  pixelpipe export_hour(): binary COPY via ADBC -> Arrow -> zstd Parquet per site -> backup upload
+            + server-side copy to the client bucket
 
 Usage: python bench/export.py [--rows 1000000] [--sites 20]
 Prints absolute rows/s and peak RSS, and the ratios against baseline and ceiling.
@@ -91,7 +92,7 @@ def run_pixelpipe(database_url: str, endpoint: str, bucket: str) -> dict:
 
     settings = PipelineSettings(client_bucket=bucket, backup_bucket=bucket + "-backup")
     with psycopg.connect(database_url, autocommit=True) as conn:
-        sites, _ = export_hour(conn, bench_s3_client(endpoint), settings, HOUR, 0)
+        sites, _ = export_hour(conn, database_url, bench_s3_client(endpoint), settings, HOUR, 0)
     return {"rows": sum(s.rows for s in sites), "files": sum(len(s.client_keys) for s in sites)}
 
 

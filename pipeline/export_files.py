@@ -1,25 +1,23 @@
 """One ingest hour of events_log -> Parquet files per site, streamed with flat memory.
 
-PostgreSQL writes the hour as CSV (`COPY ... TO STDOUT`, ordered by site and id); Arrow's CSV
-reader parses it in C++; each site's rows go to its own files, a new file every
-`rows_per_file` rows. Nothing here knows Dagster or S3: it yields finished local files.
-The same rows always produce the same bytes, so a re-export replaces files exactly.
+PostgreSQL sends the hour as binary COPY, ordered by site and id; the ADBC PostgreSQL driver
+decodes it into Arrow record batches in C++ (no Python loop per row, no text parsing); each
+site's rows go to its own files, a new file every `rows_per_file` rows. Nothing here knows
+Dagster or S3: it yields finished local files. The same rows always produce the same bytes, so
+a re-export replaces files exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import psycopg
+import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 # The explicit Arrow schema of every exported file (the client's contract).
@@ -39,26 +37,19 @@ EXPORT_SCHEMA = pa.schema([
              metadata={"format": "json"}),
     pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
 ])
-_TIMESTAMPS = {"timestamp", "created_at"}
 # Dictionary encoding pays off only where values repeat; on ids, URLs and raw JSON it is built
 # and then abandoned. Statistics serve readers' predicate pushdown and the tenant check.
 _DICTIONARY_COLUMNS = ["event_type", "session_id", "visitor_id", "site_id", "path", "user_agent",
                        "ip_address"]
 _STATISTICS_COLUMNS = ["id", "event_type", "site_id", "timestamp", "created_at"]
-# Timestamps leave PostgreSQL as naive UTC text; the cast to EXPORT_SCHEMA attaches the zone.
-_CSV_TYPES = {
-    f.name: (pa.timestamp("us") if f.name in _TIMESTAMPS else f.type) for f in EXPORT_SCHEMA
-}
-
-_HOUR_COPY = """
-COPY (
-    SELECT id, event_id::text, event_type, session_id, visitor_id, site_id,
-           "timestamp" AT TIME ZONE 'UTC', url, path, user_agent, ip_address::text,
-           raw_event_data::text, created_at AT TIME ZONE 'UTC'
-    FROM events_log
-    WHERE created_at >= %(start)s AND created_at < %(end)s
-    ORDER BY site_id, id
-) TO STDOUT WITH (FORMAT csv)
+# The columns in EXPORT_SCHEMA order; the hour's bounds are formatted from datetimes, never
+# from user input.
+_HOUR_QUERY = """
+SELECT id, event_id::text, event_type, session_id, visitor_id, site_id, "timestamp", url, path,
+       user_agent, ip_address::text, raw_event_data::text, created_at
+FROM events_log
+WHERE created_at >= '{start}'::timestamptz AND created_at < '{end}'::timestamptz
+ORDER BY site_id, id
 """
 
 
@@ -83,99 +74,6 @@ def hour_prefix(site_id: str, hour: datetime, prefix: str = "") -> str:
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     return f"{prefix}site_id={site_id}/date={hour:%Y-%m-%d}/hour={hour:%H}/"
-
-
-class _CopyStream:
-    """A read-only file over a COPY TO STDOUT, for Arrow's streaming CSV reader.
-
-    A thread drains the COPY into a bounded queue of ~1 MiB blocks, so PostgreSQL keeps
-    streaming while Arrow parses and Parquet encodes (instead of stalling on a full socket).
-    """
-
-    _BLOCK = 1 << 20
-    _DEPTH = 16  # blocks in flight: memory bound ~16 MiB
-
-    def __init__(self, copy: psycopg.Copy):
-        self._blocks: queue.Queue = queue.Queue(self._DEPTH)
-        self._rest = b""
-        self._done = False
-        self.closed = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._drain, args=(copy,), daemon=True)
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._blocks.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _drain(self, copy: psycopg.Copy) -> None:
-        parts, have = [], 0
-        try:
-            for chunk in copy:
-                parts.append(chunk)
-                have += len(chunk)
-                if have >= self._BLOCK:
-                    if not self._put(b"".join(parts)):
-                        return  # the reader gave up (an error downstream)
-                    parts, have = [], 0
-            if parts:
-                self._put(b"".join(parts))
-            self._put(None)
-        except BaseException as error:  # re-raised in the reading thread
-            self._put(error)
-
-    def _next_block(self) -> bytes | None:
-        block = self._blocks.get()
-        if isinstance(block, BaseException):
-            raise block
-        return block
-
-    def read(self, size: int = -1) -> bytes:
-        parts, have = [self._rest], len(self._rest)
-        while not self._done and (size < 0 or have < size):
-            block = self._next_block()
-            if block is None:
-                self._done = True
-            else:
-                parts.append(block)
-                have += len(block)
-        data = b"".join(parts)
-        if 0 <= size < len(data):
-            data, self._rest = data[:size], data[size:]
-        else:
-            self._rest = b""
-        return data
-
-    def is_empty(self) -> bool:
-        """True when the COPY produced no data at all (an hour with no rows)."""
-        if not self._rest and not self._done:
-            block = self._next_block()
-            if block is None:
-                self._done = True
-            else:
-                self._rest = block
-        return not self._rest
-
-    def finish(self) -> None:
-        """Wait for the drain thread (the COPY must end before the connection is reused)."""
-        while not self._done:
-            if self._next_block() is None:
-                self._done = True
-        self._thread.join()
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        """Stop the drain thread, e.g. when an error downstream abandons the COPY."""
-        self.closed = True
-        self._stop.set()
-        self._thread.join()
 
 
 class _SiteFileWriter:
@@ -234,13 +132,14 @@ class _SiteFileWriter:
         return finished
 
 
-def _with_utc_timestamps(raw: pa.RecordBatch) -> pa.RecordBatch:
-    """The parsed batch in EXPORT_SCHEMA: only the timestamp columns need a (zero-copy) cast."""
-    columns = [
-        column.cast(EXPORT_SCHEMA.field(name).type) if name in _TIMESTAMPS else column
-        for name, column in zip(raw.schema.names, raw.columns, strict=True)
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=EXPORT_SCHEMA)
+def _hour_batches(database_url: str, hour: datetime) -> Iterator[pa.RecordBatch]:
+    """The hour's rows as record batches in EXPORT_SCHEMA (tens of thousands of rows each)."""
+    query = _HOUR_QUERY.format(start=hour.isoformat(), end=(hour + timedelta(hours=1)).isoformat())
+    with adbc.connect(database_url) as conn, conn.cursor() as cursor:
+        cursor.execute(query)
+        for batch in cursor.fetch_record_batch():
+            # Same types; this only drops the driver's per-field metadata.
+            yield pa.RecordBatch.from_arrays(batch.columns, schema=EXPORT_SCHEMA)
 
 
 def _sha256(path: Path) -> str:
@@ -252,7 +151,7 @@ def _sha256(path: Path) -> str:
 
 
 def write_hour_files(
-    conn: psycopg.Connection,
+    database_url: str,
     hour: datetime,
     spool: Path,
     rows_per_file: int = 1_000_000,
@@ -264,37 +163,16 @@ def write_hour_files(
     the next one is written: memory and disk stay bounded however large the hour.
     """
     spool.mkdir(parents=True, exist_ok=True)
-    params = {"start": hour, "end": hour + timedelta(hours=1)}
-    with conn.cursor() as cur:
-        with cur.copy(_HOUR_COPY, params) as copy:
-            stream = _CopyStream(copy)
-            try:
-                if stream.is_empty():
-                    stream.finish()
-                    return  # Arrow refuses an empty CSV; an empty hour simply has no files
-                reader = pacsv.open_csv(
-                    stream,
-                    read_options=pacsv.ReadOptions(column_names=EXPORT_SCHEMA.names,
-                                                   block_size=1 << 20),
-                    parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                    convert_options=pacsv.ConvertOptions(
-                        column_types=_CSV_TYPES, strings_can_be_null=True,
-                        quoted_strings_can_be_null=False),
-                )
-                current: _SiteFileWriter | None = None
-                for raw in reader:
-                    batch = _with_utc_timestamps(raw)
-                    runs = pc.run_end_encode(batch.column("site_id"))
-                    start = 0
-                    for site, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
-                        if current is None or current.site_id != site:
-                            if current is not None:
-                                yield from current.finish()
-                            current = _SiteFileWriter(site, spool, rows_per_file, row_group_rows)
-                        yield from current.add(batch.slice(start, end - start))
-                        start = end
+    current: _SiteFileWriter | None = None
+    for batch in _hour_batches(database_url, hour):
+        runs = pc.run_end_encode(batch.column("site_id"))
+        start = 0
+        for site, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+            if current is None or current.site_id != site:
                 if current is not None:
                     yield from current.finish()
-                stream.finish()
-            finally:
-                stream.close()  # the COPY is not touched by another thread past here
+                current = _SiteFileWriter(site, spool, rows_per_file, row_group_rows)
+            yield from current.add(batch.slice(start, end - start))
+            start = end
+    if current is not None:
+        yield from current.finish()

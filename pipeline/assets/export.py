@@ -105,17 +105,21 @@ def seal_hour(conn, hour: datetime) -> None:
             "look for long-running queries in pg_stat_activity and re-run the hour.") from None
 
 
-def export_hour(conn, client, settings: PipelineSettings, hour: datetime,
+def export_hour(conn, database_url: str, client, settings: PipelineSettings, hour: datetime,
                 previous_rows: int) -> tuple[list[SiteExport], int]:
-    """Export one ingest hour; returns the sites written and the stale objects removed."""
+    """Export one ingest hour; returns the sites written and the stale objects removed.
+
+    `conn` (autocommit) seals the hour and keeps the ledger; the rows are read on a connection
+    of their own, opened from `database_url` after the seal committed.
+    """
     seal_hour(conn, hour)
     destinations = site_destinations(conn, settings.client_bucket)
     sites: dict[str, SiteExport] = {}
     # Uploads run beside the next file's writing; at most a few finished files wait on disk.
     with tempfile.TemporaryDirectory(prefix="pixelpipe-export-") as spool, \
-            ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as uploads, conn.transaction():
+            ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as uploads:
         pending: list[Future] = []
-        for file in write_hour_files(conn, hour, Path(spool), settings.rows_per_file):
+        for file in write_hour_files(database_url, hour, Path(spool), settings.rows_per_file):
             site = sites.get(file.site_id)
             if site is None:
                 bucket, prefix = destinations.get(file.site_id, (settings.client_bucket, ""))
@@ -193,7 +197,8 @@ def hourly_export(
             refuse_purged_hour(hour, state.purged_at if state else None, settings.retention_hours)
         for hour in hours:
             state = states[hour]
-            sites, stale = export_hour(conn, client, settings, hour, state.rows if state else 0)
+            sites, stale = export_hour(conn, postgres.database_url, client, settings, hour,
+                                       state.rows if state else 0)
             all_sites.extend(sites)
             stale_removed += stale
             rows = sum(s.rows for s in sites)
