@@ -43,32 +43,37 @@ def _verdict_reason(hour, rows_in_db, ledger, cutoff, retention_hours) -> str | 
 def apply_retention(conn: psycopg.Connection, now: datetime, retention_hours: int) -> list[HourVerdict]:
     """Drop every qualifying past hour's partition and mark it purged; report every past hour.
 
-    `conn` must be in autocommit mode: each hour is decided and dropped in its own transaction,
-    with the partition locked so no row can slip in between the count and the drop.
+    `conn` must be in autocommit mode. One transaction for the whole run: the old-enough
+    partitions are locked together (no row can slip in between the decision and the drop),
+    dropped with one statement and marked purged with one update: one commit, one WAL flush,
+    however many hours go, and all or nothing if a lock cannot be had.
     """
     cutoff = now - timedelta(hours=retention_hours)
     current_hour = now.replace(minute=0, second=0, microsecond=0)
-    ledger = {hour: (rows, verified_at) for hour, rows, verified_at, purged_at in conn.execute(
-        "SELECT ingest_hour, rows, verified_at, purged_at FROM export_hours") if purged_at is None}
-    sealed = sealed_partitions(conn)
     verdicts = []
-    # One transaction for the whole run: one commit (one WAL flush) however many hours go, and
-    # all or nothing if a lock cannot be had.
     with conn.transaction():
         conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        for hour, name in sorted(hour_partitions(conn).items()):
-            if hour >= current_hour:
-                continue  # the open hour and the partitions made ahead
-            conn.execute(f'LOCK TABLE "{name}" IN ACCESS EXCLUSIVE MODE')
+        past = sorted((hour, name) for hour, name in hour_partitions(conn).items() if hour < current_hour)
+        old_enough = [name for hour, name in past if hour + timedelta(hours=1) <= cutoff]
+        if old_enough:
+            conn.execute("LOCK TABLE " + ", ".join(f'"{name}"' for name in old_enough)
+                         + " IN ACCESS EXCLUSIVE MODE")
+        # Read after the locks: what is decided below cannot change before the commit.
+        ledger = {hour: (rows, verified_at) for hour, rows, verified_at in conn.execute(
+            "SELECT ingest_hour, rows, verified_at FROM export_hours WHERE purged_at IS NULL")}
+        sealed = sealed_partitions(conn)
+        for hour, name in past:
             if name in sealed and hour in ledger:
                 rows = ledger[hour][0]  # sealed: nothing was added after the export read it
             else:
                 rows = conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
             reason = _verdict_reason(hour, rows, ledger.get(hour), cutoff, retention_hours)
-            if reason is None:
-                conn.execute(f'DROP TABLE "{name}"')
-                conn.execute("UPDATE export_hours SET purged_at = now() WHERE ingest_hour = %s", (hour,))
             verdicts.append(HourVerdict(hour, name, rows, reason is None, reason or "exported and verified"))
+        purged = [v for v in verdicts if v.purged]
+        if purged:
+            conn.execute("DROP TABLE " + ", ".join(f'"{v.partition}"' for v in purged))
+            conn.execute("UPDATE export_hours SET purged_at = now() WHERE ingest_hour = ANY(%s)",
+                         ([v.hour for v in purged],))
     return verdicts
 
 

@@ -68,6 +68,22 @@ def test_rows_that_arrive_after_the_export_keep_the_hour(db):
     assert verdict.reason == "5 rows in PostgreSQL but 4 exported: re-export the hour"
 
 
+def test_an_hour_being_exported_does_not_block_retention(db, database_url):
+    now = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)
+    old, young = datetime(2026, 11, 19, 1, tzinfo=UTC), datetime(2026, 11, 20, 11, tzinfo=UTC)
+    ensure_partitions(db, now=old, hours_back=0, hours_ahead=36)
+    for hour in (old, young):
+        seed_events(db, hour, "beta", 3)
+    db.execute("""INSERT INTO export_hours (ingest_hour, rows, sites, files, bytes, exported_at,
+                  reconciled_at, tenants_verified_at) VALUES (%s, 3, 1, 1, 1, now(), now(), now())""", (old,))
+    # An export reading the young hour holds a lock on its partition until its read ends.
+    with psycopg.connect(database_url) as reader:
+        reader.execute(f"SELECT count(*) FROM events_log_{young:%Y%m%d_%H}")
+        verdicts = {v.hour: v for v in apply_retention(db, now, 24)}
+    assert verdicts[old].purged
+    assert not verdicts[young].purged and verdicts[young].reason.startswith("too young")
+
+
 # --- property: random ingest / export / failed export / cleanup never lose an unexported row ---
 
 HOURS = 3
