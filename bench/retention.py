@@ -14,6 +14,7 @@ Usage: python bench/retention.py [--rows 1000000] [--hours 24]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,28 @@ def dead_tuples(conn, like: str) -> int:
                         (like,)).fetchone()[0]
 
 
+def filesystem_release_seconds(folder: Path, size: int) -> float:
+    """What this filesystem takes to free `size` bytes of files, PostgreSQL aside: a drop frees
+    its partitions' files at commit (ext4 mounted with `discard` trims them synchronously)."""
+    paths = []
+    for index in range(max(1, size // (16 << 20))):
+        path = folder / f"release-{index}"
+        with open(path, "wb") as handle:
+            handle.write(b"x" * min(16 << 20, size))
+        paths.append(path)
+    os.sync()
+    started = time.perf_counter()
+    for path in paths:
+        descriptor = os.open(path, os.O_RDWR)
+        os.ftruncate(descriptor, 0)
+        os.fsync(descriptor)
+        os.close(descriptor)
+    seconds = time.perf_counter() - started
+    for path in paths:
+        path.unlink()
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -91,15 +114,21 @@ def main() -> None:
         conn.execute("VACUUM seed_events_log")  # what the seed must pay later to reclaim the space
         seed_vacuum = time.perf_counter() - started
 
+        dropped_bytes = conn.execute(
+            "SELECT sum(pg_total_relation_size(i.inhrelid))::bigint FROM pg_inherits i "
+            "WHERE i.inhparent = 'events_log'::regclass").fetchone()[0]
         started = time.perf_counter()
         verdicts = apply_retention(conn, now, 24)
         ours_seconds = time.perf_counter() - started
         purged_rows = sum(v.rows for v in verdicts if v.purged)
         ours_dead = dead_tuples(conn, "events_log%")
+        release_seconds = filesystem_release_seconds(servers["folder"], dropped_bytes)
     print(f"seed DELETE        : {deleted:>9,} rows in {seed_seconds:7.3f} s, {seed_dead:>9,} dead tuples left")
     print(f"pixelpipe drop     : {purged_rows:>9,} rows in {ours_seconds:7.3f} s, {ours_dead:>9,} dead tuples left "
           f"({sum(v.purged for v in verdicts)} hourly partitions)")
     print(f"seed VACUUM after  : {seed_vacuum:7.3f} s to reclaim what the DELETE left")
+    print(f"filesystem floor   : {release_seconds:7.3f} s to free {dropped_bytes / 2**20:,.0f} MB of plain files "
+          "in the same directory (truncate + fsync): the part of the drop no SQL can avoid")
     print(f"retention: partition drop is {seed_seconds / ours_seconds:.1f}x faster than the seed's DELETE "
           f"({(seed_seconds + seed_vacuum) / ours_seconds:.1f}x DELETE + VACUUM), "
           f"{ours_dead} dead tuples vs {seed_dead:,}")
