@@ -87,7 +87,7 @@ class Collector:
         self.database_url = database_url
         self.blocked_sites: frozenset[str] = frozenset()
         origins = frozenset(settings.cors_origins or ("*",))
-        self.cors_origins = frozenset() if "*" in origins else origins
+        self.cors_origins = frozenset() if "*" in origins else origins  # empty: any origin
 
     async def refresh_blocked_sites(self) -> None:
         """Sites with sites.allowed = false; their events go to the dead letter."""
@@ -278,8 +278,9 @@ class Collector:
 class _PixelFirst:
     """The collector's ASGI app: GET /i goes straight to the pixel, everything else to Starlette.
 
-    Measured on 2 cores: Starlette's routing, middleware and Request/Response objects were a
-    third of the pixel's CPU per request.
+    The pixel is CPU-bound in the collector: with Starlette's middleware chain and
+    Request/Response objects out of its way (and the writer's round trips trimmed) it went from
+    141 to ~90-100 us of CPU per request on 2 cores.
     """
 
     def __init__(self, app: Starlette, collector: Collector):
@@ -309,7 +310,6 @@ def create_app(settings: Settings, database_url: str, extra_routes: list | None 
             # SIGTERM: uvicorn stops accepting and lets requests finish; then we flush the rest.
             await collector.writer.close()
 
-    origins = list(settings.cors_origins) or ["*"]
     app = Starlette(
         routes=[
             Route("/collect", collector.collect, methods=["POST"]),
@@ -323,7 +323,7 @@ def create_app(settings: Settings, database_url: str, extra_routes: list | None 
         middleware=[
             Middleware(
                 CORSMiddleware,
-                allow_origins=["*"] if "*" in origins else origins,
+                allow_origins=sorted(collector.cors_origins) or ["*"],
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["Content-Type", "Content-Encoding"],
                 allow_credentials=False,

@@ -195,6 +195,20 @@ def test_cors_restricted_to_configured_origins(database_url):
     assert denied.status_code == 400
 
 
+def test_pixel_answers_cors_like_the_other_routes(client, database_url):
+    pixel = {"eventType": "pageview", "siteId": "s"}
+    assert client.get("/i", params=pixel, headers={"origin": "https://a.example"}) \
+        .headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-origin" not in client.get("/i", params=pixel).headers
+    with make_client(database_url, cors_origins=("https://allowed.example",)) as restricted:
+        ok = restricted.get("/i", params=pixel, headers={"origin": "https://allowed.example"})
+        other = restricted.get("/i", params=pixel, headers={"origin": "https://evil.example"})
+    assert ok.headers["access-control-allow-origin"] == "https://allowed.example"
+    assert ok.headers["vary"] == "Origin"
+    assert "access-control-allow-origin" not in other.headers
+    assert other.status_code == 200 and other.content.startswith(b"GIF89a")  # still the image
+
+
 def test_tracker_health_readiness_metrics_openapi(client):
     script = client.get("/t.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
