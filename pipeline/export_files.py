@@ -134,6 +134,8 @@ class _SiteFileWriter:
 
 def _hour_batches(database_url: str, hour: datetime) -> Iterator[pa.RecordBatch]:
     """The hour's rows as record batches in EXPORT_SCHEMA (tens of thousands of rows each)."""
+    if hour.utcoffset() is None:
+        raise ValueError(f"{hour} has no time zone: ingest hours are UTC")
     query = _HOUR_QUERY.format(start=hour.isoformat(), end=(hour + timedelta(hours=1)).isoformat())
     with adbc.connect(database_url) as conn, conn.cursor() as cursor:
         cursor.execute(query)
