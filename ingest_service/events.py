@@ -152,12 +152,19 @@ def _has_nul(value) -> bool:
 
 
 def _raw_json(event: dict) -> str:
-    """The event as stored in raw_event_data; refuses what PostgreSQL's JSONB cannot hold (NUL).
+    """The event as stored in raw_event_data, or EventRejected for absurd nesting or a NUL
+    (PostgreSQL's JSONB cannot hold one).
 
-    orjson writes a NUL as \\u0000, so only an event whose JSON contains that text (rare) is
-    walked to tell a real NUL from a literal backslash-u0000.
+    Both are looked for in the serialised JSON first (C speed), and the event is walked only
+    when that is inconclusive: it cannot nest deeper than it has containers, and orjson writes
+    a NUL as \\u0000 (a literal backslash-u0000 in a string is kept).
     """
-    raw = orjson.dumps(event)
+    try:
+        raw = orjson.dumps(event)
+    except orjson.JSONEncodeError:  # orjson's own recursion limit, far past ours
+        raise EventRejected("too_deep", f"The event nests deeper than {MAX_DEPTH} levels.") from None
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
+        _check_depth(event)
     if b"\\u0000" in raw and _has_nul(event):
         raise EventRejected("nul_character", "The event contains a NUL character (\\u0000).")
     return raw.decode()
@@ -246,7 +253,7 @@ def event_row(event, context: RequestContext, envelope: dict | None = None) -> t
     """One event object -> a row in EVENT_COLUMNS order, or EventRejected."""
     if not isinstance(event, dict):
         raise EventRejected("not_an_object", "Each event must be a JSON object.")
-    _check_depth(event)
+    raw_json = _raw_json(event)
     event_type = event.get("eventType")
     if not isinstance(event_type, str) or not event_type.strip():
         raise EventRejected("missing_event_type", 'The event has no "eventType" string.')
@@ -284,6 +291,6 @@ def event_row(event, context: RequestContext, envelope: dict | None = None) -> t
         path[:PATH_MAX] if path else None,
         _text(event.get("userAgent")) or context.user_agent,
         context.client_ip,
-        _raw_json(event),
+        raw_json,
     )
 

@@ -78,6 +78,13 @@ def test_invalid_events_are_rejected_with_a_specific_code(event, code):
     assert error.value.code == code
 
 
+def test_nesting_past_what_orjson_can_write_back_is_rejected_too():
+    event = orjson.loads('{"eventType": "x", "siteId": "s", "a": ' + "[" * 300 + "]" * 300 + "}")
+    with pytest.raises(EventRejected) as error:
+        event_row(event, CTX)
+    assert error.value.code == "too_deep"
+
+
 def test_the_text_backslash_u0000_is_not_a_nul_and_is_kept():
     extracted = row({"eventType": "x", "siteId": "s", "note": "C:\\u0000"})
     assert orjson.loads(extracted["raw_event_data"])["note"] == "C:\\u0000"
