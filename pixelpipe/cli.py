@@ -32,6 +32,61 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return run_stack(settings, demo=args.demo)
 
 
+def cmd_site(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg
+
+    from pixelpipe import sites
+    from pixelpipe.database import database_url
+    from pixelpipe.migrations import apply_migrations
+
+    with database_url(settings) as url:
+        apply_migrations(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            if args.site_command == "list":
+                rows = sites.list_sites(conn)
+                print("site_id\tallowed\tallowed_hosts\tbucket\tprefix\twrite_key")
+                for site in rows:
+                    print("\t".join([site.site_id, "yes" if site.allowed else "no",
+                                     ",".join(site.allowed_hosts or []) or "(any)",
+                                     site.client_bucket or f"(default: {settings.client_bucket})",
+                                     site.client_prefix or "", "set" if site.has_write_key else "-"]))
+            elif args.site_command == "key":
+                print(sites.new_write_key(conn, args.site))  # stdout: the key alone
+                print(f"pixelpipe site key: a new write key for {args.site!r} was stored (as a hash); it "
+                      "is shown only this once and the old one no longer works. Send it as "
+                      "'Authorization: Bearer <key>'.", file=sys.stderr)
+            else:
+                hosts = "keep" if args.allowed_hosts is None else sites.parse_hosts(args.allowed_hosts)
+                sites.save_site(conn, args.site, create=args.site_command == "add",
+                                allowed=args.allowed, allowed_hosts=hosts,
+                                client_bucket=args.bucket, client_prefix=args.prefix)
+                print(f"site {args.site}: saved (the collector picks it up within seconds)")
+    return 0
+
+
+def _site_parser(sub) -> None:
+    site = sub.add_parser("site", help="manage tenants: list, add, set, key")
+    site.set_defaults(func=cmd_site)
+    commands = site.add_subparsers(dest="site_command", required=True)
+    commands.add_parser("list", help="every site with its admission settings")
+    for name, text in (("add", "add a site (under PIXELPIPE_SITE_POLICY=allowlist: admit it)"),
+                       ("set", "change a site's settings")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("site")
+        allowed = command.add_mutually_exclusive_group()
+        allowed.add_argument("--allow", dest="allowed", action="store_const", const=True,
+                             help="accept its events")
+        allowed.add_argument("--block", dest="allowed", action="store_const", const=False,
+                             help="dead-letter its events (site_not_allowed)")
+        command.add_argument("--allowed-hosts", default=None, metavar="HOSTS",
+                             help="comma-separated page hosts (and their subdomains) its browser "
+                             "events may come from; '' for any host")
+        command.add_argument("--bucket", default=None, help="its own client bucket ('' for the default)")
+        command.add_argument("--prefix", default=None, help="key prefix in the client bucket")
+    key = commands.add_parser("key", help="create a new write key, print it once (the old one stops working)")
+    key.add_argument("site")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="default: PIXELPIPE_COLLECTOR_WORKERS"
     )
     collector.set_defaults(func=cmd_collector)
+
+    _site_parser(sub)
 
     up = sub.add_parser("up", help="run PostgreSQL, S3, the collector and Dagster locally")
     up.add_argument("--demo", action="store_true", help="serve /demo and generate traffic")

@@ -34,6 +34,26 @@ def _bool(name: str, default: bool) -> bool:
     raise PixelpipeError(f"{name}={raw!r} is not a boolean; set it to true or false.")
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise PixelpipeError(f"{name}={raw!r} is not a number >= 0; set it to one, e.g. 100 (0 = off).")
+    return value
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _str(name, default).lower()
+    if raw not in choices:
+        raise PixelpipeError(f"{name}={raw!r} is not one of {', '.join(choices)}.")
+    return raw
+
+
 def _str(name: str, default: str = "") -> str:
     return os.environ.get(name, "").strip() or default
 
@@ -71,6 +91,13 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     trusted_proxies: tuple[str, ...] = ()
     anonymize_ip: bool = False
+    # Tenant admission and abuse limits (docs/security.md).
+    site_policy: str = "open"
+    new_sites_per_hour: int = 1000
+    rate_limit_per_ip: float = 0.0
+    rate_limit_per_site: float = 0.0
+    admin_port: int = 0
+    rejected_retention_days: int = 7
     # Dagster.
     dagster_port: int = 3000
     export_grace_minutes: int = 5
@@ -111,6 +138,12 @@ class Settings:
             cors_origins=_list("PIXELPIPE_CORS_ORIGINS", "*"),
             trusted_proxies=_list("PIXELPIPE_TRUSTED_PROXIES"),
             anonymize_ip=_bool("PIXELPIPE_ANONYMIZE_IP", False),
+            site_policy=_choice("PIXELPIPE_SITE_POLICY", "open", ("open", "allowlist")),
+            new_sites_per_hour=_int("PIXELPIPE_NEW_SITES_PER_HOUR", 1000),
+            rate_limit_per_ip=_float("PIXELPIPE_RATE_LIMIT_PER_IP", 0.0),
+            rate_limit_per_site=_float("PIXELPIPE_RATE_LIMIT_PER_SITE", 0.0),
+            admin_port=_int("PIXELPIPE_ADMIN_PORT", 0),
+            rejected_retention_days=_int("PIXELPIPE_REJECTED_RETENTION_DAYS", 7),
             dagster_port=_int("PIXELPIPE_DAGSTER_PORT", 3000),
             export_grace_minutes=_int("PIXELPIPE_EXPORT_GRACE_MINUTES", 5),
             retention_hours=_int("PIXELPIPE_RETENTION_HOURS", 24),

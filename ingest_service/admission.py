@@ -1,0 +1,185 @@
+"""Which events a tenant may send, from where, how fast: the collector's admission rules.
+
+The `sites` table decides (docs/security.md): under the open policy unseen sites are admitted,
+at most PIXELPIPE_NEW_SITES_PER_HOUR a clock hour; under the allowlist policy only sites with
+`allowed`. A site may name the page hosts its events may come from, and a write key that
+server-side senders present instead. Each worker caches the table and refreshes it every few
+seconds, so the hot path never waits on the database for a known site.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+import psycopg
+
+from ingest_service.events import EventRejected, page_host
+from pixelpipe.sites import write_key_hash
+
+SITES_REFRESH_SECONDS = 10
+# An unknown key refreshes the cache at most this often, so a key `pixelpipe site key` just
+# made works at once without letting a stream of wrong keys hammer the database.
+UNKNOWN_KEY_REFRESH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class SiteRule:
+    allowed: bool
+    allowed_hosts: tuple[str, ...] | None  # None: any host
+
+
+def host_allowed(host: str | None, allowed_hosts: tuple[str, ...]) -> bool:
+    """host is one of allowed_hosts or a subdomain of one."""
+    return host is not None and any(host == h or host.endswith("." + h) for h in allowed_hosts)
+
+
+class SiteDirectory:
+    """The collector's cached view of `sites`, and the admission of unseen sites."""
+
+    def __init__(self, database_url: str, policy: str, new_sites_per_hour: int):
+        self.database_url = database_url
+        self.policy = policy
+        self.new_sites_per_hour = new_sites_per_hour
+        self.sites: dict[str, SiteRule] = {}
+        self.keys: dict[str, str] = {}  # write key hash -> site_id
+        self._over_cap: tuple[int, frozenset[str]] = (-1, frozenset())  # (hour, refused ids)
+        self._conn: psycopg.AsyncConnection | None = None
+        self._lock = asyncio.Lock()
+        self._last_refresh = 0.0
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.database_url, connect_timeout=2, autocommit=True)
+        return self._conn
+
+    async def refresh(self) -> bool:
+        """Reload the table; keep the last copy when the database cannot be reached."""
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                cursor = await conn.execute(
+                    "SELECT site_id, allowed, allowed_hosts, write_key_sha256 FROM sites")
+                rows = await cursor.fetchall()
+            except psycopg.Error:
+                if self._conn is not None:
+                    await self._conn.close()
+                return False
+            self._last_refresh = time.monotonic()
+        self.sites = {site: SiteRule(allowed, tuple(h.lower() for h in hosts) if hosts else None)
+                      for site, allowed, hosts, _ in rows}
+        self.keys = {key: site for site, _, _, key in rows if key}
+        return True
+
+    async def keep_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(SITES_REFRESH_SECONDS)
+            await self.refresh()
+
+    async def site_for_key(self, key: str) -> str | None:
+        digest = write_key_hash(key)
+        site = self.keys.get(digest)
+        if site is None and time.monotonic() - self._last_refresh > UNKNOWN_KEY_REFRESH_SECONDS:
+            await self.refresh()
+            site = self.keys.get(digest)
+        return site
+
+    async def admit(self, unseen: set[str]) -> set[str]:
+        """Admit unseen sites under the open policy; returns those that may send now.
+
+        Raises psycopg.Error when the database cannot be asked (the caller answers 503).
+        """
+        hour = int(time.time() // 3600)
+        over_hour, over = self._over_cap
+        if over_hour == hour:
+            unseen = unseen - over
+        if not unseen:
+            return set()
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                cursor = await conn.execute("SELECT sites_admit(%s, %s)",
+                                            (sorted(unseen), self.new_sites_per_hour))
+                admitted = {row[0] for row in await cursor.fetchall()}
+            except psycopg.Error:
+                if self._conn is not None:
+                    await self._conn.close()
+                raise
+        for site in admitted:
+            self.sites.setdefault(site, SiteRule(True, None))
+        refused = unseen - admitted
+        if refused:
+            # Remember this hour's refusals (bounded), so a flood of new ids costs no query each.
+            known = over if over_hour == hour else frozenset()
+            if len(known) < 100_000:
+                self._over_cap = (hour, known | refused)
+        return admitted
+
+    def check(self, site: str, url: str | None, origin: str | None, referer: str | None,
+              keyed_site: str | None) -> None:
+        """EventRejected unless this (known or just admitted) site may send this event."""
+        rule = self.sites.get(site)
+        if rule is None:
+            if self.policy == "allowlist":
+                raise EventRejected("site_not_allowed", f"Site {site!r} is not on the allowlist "
+                                    "(PIXELPIPE_SITE_POLICY=allowlist; `pixelpipe site add`).")
+            raise EventRejected("new_site_limit", f"Site {site!r} is new and this hour's quota of "
+                                f"{self.new_sites_per_hour} new sites is used up "
+                                "(PIXELPIPE_NEW_SITES_PER_HOUR).")
+        if not rule.allowed:
+            raise EventRejected("site_not_allowed", f"Site {site!r} is not allowed (sites.allowed = false).")
+        if rule.allowed_hosts is None or site == keyed_site:
+            return
+        hosts = [page_host(u) for u in (url, origin, referer) if u]
+        if not hosts or not all(host_allowed(h, rule.allowed_hosts) for h in hosts):
+            raise EventRejected(
+                "host_not_allowed",
+                f"Site {site!r} accepts events only from pages on {', '.join(rule.allowed_hosts)} "
+                "(sites.allowed_hosts), or with its write key.")
+
+
+class TokenBuckets:
+    """Events per second per key (an IP or a site), one bucket each, per worker.
+
+    A bucket holds one second's worth; a batch larger than that drains a full bucket. Idle
+    buckets are forgotten, so a stream of new keys cannot grow memory past `max_keys`.
+    """
+
+    def __init__(self, rate: float, max_keys: int = 100_000):
+        self.rate = rate
+        self.capacity = max(rate, 1.0)
+        self.max_keys = max_keys
+        self._buckets: dict[str, list[float]] = {}
+
+    def __bool__(self) -> bool:
+        return self.rate > 0
+
+    def retry_after(self, key: str, events: int = 1, now: float | None = None,
+                    take: bool = True) -> int:
+        """0 when `events` may pass (and, with `take`, takes them); otherwise whole seconds to wait."""
+        now = time.monotonic() if now is None else now
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self.prune(now)
+            bucket = self._buckets[key] = [self.capacity, now]
+        tokens = min(self.capacity, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        cost = min(float(events), self.capacity)
+        if tokens >= cost:
+            bucket[0] = tokens - cost if take else tokens
+            return 0
+        bucket[0] = tokens
+        return max(1, math.ceil((cost - tokens) / self.rate))
+
+    def prune(self, now: float | None = None) -> None:
+        if not self.rate:
+            return
+        now = time.monotonic() if now is None else now
+        full_after = self.capacity / self.rate
+        self._buckets = {k: b for k, b in self._buckets.items() if now - b[1] < full_after}
+        if len(self._buckets) >= self.max_keys:
+            self._buckets.clear()  # an address flood: forget everyone rather than grow
