@@ -1,6 +1,7 @@
 """Routes only: the pixel, /collect, the tracker script, health, readiness, metrics, OpenAPI.
 
-Parsing lives in events.py, writing in writer.py. Every 2xx here means: committed.
+Parsing lives in events.py, admission in admission.py, writing in writer.py; `Collector.ingest`
+is the one path every event takes between them. Every 2xx here means: committed.
 """
 
 from __future__ import annotations
@@ -8,7 +9,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import ipaddress
+import re
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -22,8 +27,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ingest_service.admission import SiteDirectory, TokenBuckets
 from ingest_service.events import (
     EVENT_COLUMNS,
+    URL_MAX,
+    USER_AGENT_MAX,
     BodyRejected,
     EventRejected,
     Limits,
@@ -49,26 +57,110 @@ _PIXEL_START = {
 }
 _ANY_ORIGIN = [(b"access-control-allow-origin", b"*")]
 _PIXEL_BODY = {"type": "http.response.body", "body": PIXEL_GIF}
+_EMPTY_BODY = {"type": "http.response.body", "body": b""}
 RETRY_AFTER_SECONDS = "5"
 _PIXEL_REQUEST_HEADERS = frozenset((b"x-forwarded-for", b"user-agent", b"referer", b"origin"))
 STATIC = Path(__file__).resolve().parent / "static"
 SITE_COLUMN = EVENT_COLUMNS.index("site_id")
-BLOCKED_SITES_REFRESH_SECONDS = 30
+URL_COLUMN = EVENT_COLUMNS.index("url")
+# What one request may make us store, as text (docs/security.md): twice its (inflated) body,
+# plus a fixed allowance, plus a per-row allowance for ids, timestamps and the capped user agent.
+STORE_BUDGET_FIXED = 64 * 1024
+STORE_BUDGET_PER_ROW = 1024
+# Past this many rejected events, a request leaves one dead-letter row instead of one each.
+REJECTS_KEPT_SEPARATELY = 5
+REASON_MAX = 1000
+CONTENT_TYPE_MAX = 100
+READINESS_TTL_SECONDS = 1.0
+FLOOD_SUMMARY_SECONDS = 60
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 
 
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
-def _unavailable(reason: str) -> Response:
-    return _json(
-        {"error": "unavailable", "detail": f"{reason}; nothing from this request was stored, retry later."},
-        503, {"Retry-After": RETRY_AFTER_SECONDS},
-    )
+def stored_text_bytes(rows: list[tuple]) -> int:
+    """What rows cost as text: their strings (UTF-8) and byte strings."""
+    total = 0
+    for row in rows:
+        for value in row:
+            if isinstance(value, str):
+                total += len(value) if value.isascii() else len(value.encode())
+            elif isinstance(value, bytes):
+                total += len(value)
+    return total
+
+
+def forwarded_for(values: list[str]) -> str | None:
+    """Every X-Forwarded-For line of a request, in order, as one chain: the one rule all
+    routes share (a proxy may add a line instead of appending to the last one)."""
+    return ",".join(values) if values else None
+
+
+@dataclass
+class Outcome:
+    """What one request's events came to."""
+
+    status: int
+    accepted: int = 0
+    rejected: int = 0
+    errors: list[dict] | None = None
+    error: str | None = None
+    detail: str | None = None
+    retry_after: int | None = None
+
+    def body(self) -> dict:
+        body = {"accepted": self.accepted, "rejected": self.rejected}
+        if self.error:
+            body = {"error": self.error, "detail": self.detail, **body}
+        if self.errors:
+            body["errors"] = self.errors[:50]
+        return body
+
+    def headers(self) -> dict | None:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after else None
+
+
+@dataclass(frozen=True)
+class Intake:
+    """One request as the dead letter records it."""
+
+    endpoint: str
+    content_type: str | None
+    context: RequestContext
+    body: bytes  # as received (possibly gzip), at most the dead-letter cap is kept
+    size: int  # the whole body's size, also when it was not read
+
+
+class FloodTally:
+    """Requests refused by rate limits: counted, then summarised in one dead-letter row a
+    minute, so a flood costs the database nothing per request."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.events = 0
+        self.keys: dict[str, int] = {}
+
+    def add(self, key: str, events: int) -> None:
+        self.requests += 1
+        self.events += events
+        if key in self.keys or len(self.keys) < 10_000:
+            self.keys[key] = self.keys.get(key, 0) + 1
+
+    def summary_row(self, seconds: int) -> tuple | None:
+        if not self.requests:
+            return None
+        top = sorted(self.keys.items(), key=lambda kv: -kv[1])[:10]
+        reason = (f"rate_limited: {self.requests} requests ({self.events} events) refused with 429 "
+                  f"in the last {seconds} s from {len(self.keys)} addresses or sites; most: "
+                  + ", ".join(f"{key} ({count})" for key, count in top))
+        self.__init__()
+        return (reason[:REASON_MAX], None, None, None, None, None, None)
 
 
 class Collector:
-    """The collector's state: settings, writer and metrics, shared by the route handlers."""
+    """The collector's state: settings, site directory, writer and metrics, shared by the routes."""
 
     def __init__(self, settings: Settings, database_url: str):
         self.settings = settings
@@ -83,95 +175,233 @@ class Collector:
             queue_max_rows=settings.queue_max_rows,
             flushers=settings.flush_connections,
         )
-        self.tracker_js = (STATIC / "t.js").read_bytes()
-        self.database_url = database_url
-        self.blocked_sites: frozenset[str] = frozenset()
+        self.sites = SiteDirectory(database_url, settings.site_policy, settings.new_sites_per_hour)
+        self.ip_limits = TokenBuckets(settings.rate_limit_per_ip)
+        self.site_limits = TokenBuckets(settings.rate_limit_per_site)
+        self.flood = FloodTally()
+        tracker = (STATIC / "t.js").read_bytes()
+        self.tracker_js = tracker
+        self.tracker_etag = '"' + hashlib.sha256(tracker).hexdigest()[:16] + '"'
         origins = frozenset(settings.cors_origins or ("*",))
         self.cors_origins = frozenset() if "*" in origins else origins  # empty: any origin
+        self._ready = (-READINESS_TTL_SECONDS, False)
+        self._ready_lock = asyncio.Lock()
 
-    async def refresh_blocked_sites(self) -> None:
-        """Sites with sites.allowed = false; their events go to the dead letter."""
-        try:
-            async with await psycopg.AsyncConnection.connect(
-                    self.database_url, connect_timeout=2, autocommit=True) as conn:
-                cursor = await conn.execute("SELECT site_id FROM sites WHERE NOT allowed")
-                self.blocked_sites = frozenset(row[0] for row in await cursor.fetchall())
-        except psycopg.Error:
-            pass  # keep the last known list; the writer reports the database itself
+    # --- the one intake path -----------------------------------------------------------------
 
-    async def keep_blocked_sites_fresh(self) -> None:
-        while True:
-            await asyncio.sleep(BLOCKED_SITES_REFRESH_SECONDS)
-            await self.refresh_blocked_sites()
-
-    def checked_row(self, candidate, context: RequestContext, envelope: dict | None = None) -> tuple:
-        row = event_row(candidate, context, envelope)
-        if row[SITE_COLUMN] in self.blocked_sites:
-            raise EventRejected("site_not_allowed",
-                                f"Site {row[SITE_COLUMN]!r} is not allowed (sites.allowed = false).")
-        return row
-
-    def context(self, peer: str | None, forwarded_for: str | None, user_agent: str | None,
-                referer: str | None) -> RequestContext:
-        ip = client_ip(peer, forwarded_for, self.trusted)
+    def context(self, peer: str | None, forwarded: str | None, user_agent: str | None,
+                referer: str | None, origin: str | None) -> RequestContext:
+        ip = client_ip(peer, forwarded, self.trusted)
         if ip and self.settings.anonymize_ip:
             ip = anonymize_ip(ip)
-        return RequestContext(datetime.now(UTC), ip, user_agent, referer)
+        return RequestContext(datetime.now(UTC), ip, user_agent[:USER_AGENT_MAX] if user_agent else None,
+                              referer[:URL_MAX] if referer else None, origin[:URL_MAX] if origin else None)
 
-    def request_context(self, request: Request) -> RequestContext:
-        headers = request.headers
-        return self.context(request.client.host if request.client else None,
-                            headers.get("x-forwarded-for"), headers.get("user-agent"),
-                            headers.get("referer"))
+    def dead_letter(self, reason: str, intake: Intake, raw: bytes | None = None,
+                    size: int | None = None) -> tuple:
+        """A row for events_rejected: the reason and a capped copy of what was sent, with the
+        size and SHA-256 of all of it."""
+        raw = intake.body if raw is None else raw
+        content_type = intake.content_type[:CONTENT_TYPE_MAX] if intake.content_type else None
+        return (reason[:REASON_MAX], intake.endpoint, content_type, intake.context.client_ip,
+                min(len(raw) if size is None else size, 2**62),
+                raw[:self.settings.dead_letter_body_cap], hashlib.sha256(raw).hexdigest())
 
-    def reject_row(self, reason: str, endpoint: str, content_type: str | None,
-                   context: RequestContext, raw: bytes, size: int | None = None) -> tuple:
-        cap = self.settings.dead_letter_body_cap
-        return (reason, endpoint, content_type, context.client_ip,
-                len(raw) if size is None else size, raw[:cap])
+    def refused(self, status: int, code: str, detail: str, events: int = 0,
+                retry_after: int | None = None) -> Outcome:
+        return Outcome(status, 0, events, error=code, detail=detail, retry_after=retry_after)
 
-    async def commit(self, events: list[tuple], rejects: list[tuple]) -> Response | None:
-        """Write and wait for the commit; a 503 response when that is impossible."""
+    async def reject_body(self, intake: Intake, status: int, code: str, detail: str,
+                          events: int = 1) -> Outcome:
+        """The whole request is refused: one dead-letter row, then a 4xx (or 503)."""
+        unavailable = await self.commit([], [self.dead_letter(f"{code}: {detail}", intake, size=intake.size)])
+        return unavailable or self.refused(status, code, detail, events)
+
+    async def ingest(self, intake: Intake, candidates: list, envelope: dict | None,
+                     payload_bytes: int, keyed_site: str | None = None) -> Outcome:
+        """Validate, admit, rate-limit, bound and commit one request's events."""
+        context = intake.context
+        rows: list[tuple] = []
+        indexes: list[int] = []
+        problems: list[tuple[int, EventRejected]] = []
+        for index, candidate in enumerate(candidates):
+            try:
+                rows.append(event_row(candidate, context, envelope))
+                indexes.append(index)
+            except EventRejected as error:
+                problems.append((index, error))
+        if rows:
+            rows, indexes = await self._admit(rows, indexes, problems, context, keyed_site)
+            if isinstance(rows, Outcome):
+                return rows
+        limited = self._rate_limited(context, rows)
+        if limited is not None:
+            return limited
+        problems.sort(key=lambda problem: problem[0])
+        rejects = self._reject_rows(intake, candidates, problems)
+        budget = 2 * payload_bytes + STORE_BUDGET_FIXED + STORE_BUDGET_PER_ROW * (len(rows) + len(rejects))
+        if stored_text_bytes(rows) + stored_text_bytes(rejects) > budget:
+            return await self.reject_body(
+                intake, 413, "too_much_to_store",
+                f"These events would store more than {budget} bytes (twice the body plus "
+                f"{STORE_BUDGET_FIXED} plus {STORE_BUDGET_PER_ROW} a row): a field repeated into every "
+                "row (the envelope's url?) is too large. Send it in each event, or shorter.",
+                len(candidates))
+
+        def refuse(position: int, reason: str) -> tuple:
+            candidate = candidates[indexes[position]]
+            raw = intake.body if len(candidates) == 1 else orjson.dumps(candidate)
+            return self.dead_letter(f"database_refused: {reason} (event {indexes[position]})", intake, raw)
+
+        try:
+            refused_positions = await self.writer.write(rows, rejects, refuse)
+        except Overloaded:
+            return self._unavailable("The collector's queue is full")
+        except Unavailable:
+            return self._unavailable("The database is unavailable")
+        errors = [{"index": index, "error": error.code, "detail": error.detail} for index, error in problems]
+        errors += [{"index": indexes[p], "error": "database_refused",
+                    "detail": "The database refused this event; it is in the dead letter."}
+                   for p in refused_positions]
+        accepted = len(rows) - len(refused_positions)
+        if accepted:
+            self.metrics.request_events.observe(accepted)
+        outcome = Outcome(200, accepted, len(candidates) - accepted, errors or None)
+        if errors and not accepted:
+            # Nothing usable: a 4xx naming the (first) problem; all of it is in the dead letter.
+            first = min(errors, key=lambda e: e["index"])
+            outcome.status, outcome.error, outcome.detail = 400, first["error"], first["detail"]
+        return outcome
+
+    async def _admit(self, rows, indexes, problems, context: RequestContext, keyed_site):
+        """Keep the rows whose site may send them; the others join `problems`."""
+        sites = self.sites
+        unseen = {row[SITE_COLUMN] for row in rows} - sites.sites.keys()
+        if unseen and sites.policy == "open":
+            try:
+                await sites.admit(unseen)
+            except psycopg.Error:
+                return self._unavailable("The database is unavailable"), indexes
+        kept, kept_indexes = [], []
+        for row, index in zip(rows, indexes, strict=True):
+            try:
+                sites.check(row[SITE_COLUMN], row[URL_COLUMN], context.origin, context.referer, keyed_site)
+            except EventRejected as error:
+                problems.append((index, error))
+                continue
+            kept.append(row)
+            kept_indexes.append(index)
+        return kept, kept_indexes
+
+    def _rate_limited(self, context: RequestContext, rows: list[tuple]) -> Outcome | None:
+        if not rows or not (self.ip_limits or self.site_limits):
+            return None
+        wait = 0
+        if self.ip_limits and context.client_ip:
+            wait = self.ip_limits.retry_after(context.client_ip, len(rows))
+            key = f"ip {context.client_ip}"
+        if not wait and self.site_limits:
+            per_site: dict[str, int] = {}
+            for row in rows:
+                per_site[row[SITE_COLUMN]] = per_site.get(row[SITE_COLUMN], 0) + 1
+            for site, count in per_site.items():
+                wait = self.site_limits.retry_after(site, count)
+                if wait:
+                    key = f"site {site}"
+                    break
+        if not wait:
+            return None
+        self.metrics.rate_limited += 1
+        self.flood.add(key, len(rows))
+        return self.refused(429, "rate_limited", f"Too many events from this {key.split()[0]} "
+                            f"({key.split()[1]}); nothing was stored, retry in {wait} s.", len(rows), wait)
+
+    def _reject_rows(self, intake: Intake, candidates: list, problems) -> list[tuple]:
+        if len(problems) > REJECTS_KEPT_SEPARATELY:
+            counts: dict[str, int] = {}
+            for _, error in problems:
+                counts[error.code] = counts.get(error.code, 0) + 1
+            reason = (f"{len(problems)} of {len(candidates)} events rejected: "
+                      + ", ".join(f"{code} x{n}" for code, n in sorted(counts.items()))
+                      + f"; first: {problems[0][1].detail} (event {problems[0][0]})")
+            return [self.dead_letter(reason, intake, size=intake.size)]
+        rows = []
+        for index, error in problems:
+            try:  # a lone event's body is the event (the pixel's: its query string)
+                raw = intake.body if len(candidates) == 1 else orjson.dumps(candidates[index])
+            except orjson.JSONEncodeError:
+                raw = intake.body
+            rows.append(self.dead_letter(f"{error.code}: {error.detail} (event {index})", intake, raw))
+        return rows
+
+    async def commit(self, events: list[tuple], rejects: list[tuple]) -> Outcome | None:
+        """Write and wait for the commit; a 503 outcome when that is impossible."""
         try:
             await self.writer.write(events, rejects)
         except Overloaded:
-            self.metrics.requests_refused += 1
-            return _unavailable("The collector's queue is full")
+            return self._unavailable("The collector's queue is full")
         except Unavailable:
-            self.metrics.requests_refused += 1
-            return _unavailable("The database is unavailable")
+            return self._unavailable("The database is unavailable")
         return None
 
-    # --- routes ----------------------------------------------------------------------------
+    def _unavailable(self, reason: str) -> Outcome:
+        self.metrics.requests_refused += 1
+        return self.refused(503, "unavailable",
+                            f"{reason}; nothing from this request was stored, retry later.",
+                            retry_after=int(RETRY_AFTER_SECONDS))
+
+    async def ready(self) -> bool:
+        """Database reachable, asked at most once a second per worker."""
+        checked_at, ok = self._ready
+        if time.monotonic() - checked_at < READINESS_TTL_SECONDS:
+            return ok
+        async with self._ready_lock:
+            checked_at, ok = self._ready
+            if time.monotonic() - checked_at >= READINESS_TTL_SECONDS:
+                ok = await self.sites.refresh()
+                self._ready = (time.monotonic(), ok)
+        return ok
+
+    async def summarise_floods(self) -> None:
+        while True:
+            await asyncio.sleep(FLOOD_SUMMARY_SECONDS)
+            await self.write_flood_summary()
+
+    async def write_flood_summary(self) -> None:
+        row = self.flood.summary_row(FLOOD_SUMMARY_SECONDS)
+        if row is not None:
+            with contextlib.suppress(Overloaded, Unavailable):
+                await self.writer.write([], [row])
+        self.ip_limits.prune()
+        self.site_limits.prune()
+
+    # --- routes ------------------------------------------------------------------------------
 
     async def pixel(self, scope, receive, send) -> None:
-        """GET /i as a bare ASGI endpoint: the hottest path skips Starlette's request and
-        response objects and its middleware (CORS does not apply to an image)."""
-        headers = {}
+        """GET and HEAD /i as a bare ASGI endpoint: the hottest path skips Starlette's request
+        and response objects and its middleware (CORS does not apply to an image)."""
+        if scope["method"] == "HEAD":  # a link checker or a prefetch: no event
+            await send(_PIXEL_START)
+            await send(_EMPTY_BODY)
+            return
+        headers: dict[bytes, str] = {}
+        forwarded: list[str] = []
         for name, value in scope["headers"]:
             if name in _PIXEL_REQUEST_HEADERS:
-                headers[name] = value.decode("latin-1")
+                if name == b"x-forwarded-for":
+                    forwarded.append(value.decode("latin-1"))
+                else:
+                    headers[name] = value.decode("latin-1")
         peer = scope.get("client")
-        context = self.context(peer[0] if peer else None, headers.get(b"x-forwarded-for"),
-                               headers.get(b"user-agent"), headers.get(b"referer"))
-        query = scope["query_string"].decode("latin-1")
-        try:
-            events, rejects = [self.checked_row(dict(parse_qsl(query, keep_blank_values=True)), context)], []
-        except EventRejected as error:
-            events, rejects = [], [self.reject_row(f"{error.code}: {error.detail}", "/i", None, context,
-                                                   query.encode("latin-1"))]
-        try:
-            refused = await self.commit(events, rejects)
-        except psycopg.Error as error:  # the database refused the row: keep it in the dead letter
-            reason = f"database_refused: {' '.join(str(error).split())}"
-            refused = await self.commit([], [self.reject_row(reason, "/i", None, context,
-                                                             query.encode("latin-1"))])
-            events = []
-        if refused is not None:
-            await refused(scope, receive, send)
+        context = self.context(peer[0] if peer else None, forwarded_for(forwarded),
+                               headers.get(b"user-agent"), headers.get(b"referer"), headers.get(b"origin"))
+        query = scope["query_string"]
+        intake = Intake("/i", None, context, query, len(query))
+        outcome = await self.ingest(intake, [dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))],
+                                    None, len(query))
+        if outcome.status in (429, 503):
+            await _json(outcome.body(), outcome.status, outcome.headers())(scope, receive, send)
             return
-        if events:
-            self.metrics.request_events.observe(1)
         # Always the GIF, also for bad input (it is in the dead letter): a page never shows a
         # broken image.
         origin = headers.get(b"origin")
@@ -186,65 +416,54 @@ class Collector:
         await send(_PIXEL_BODY)
 
     async def collect(self, request: Request) -> Response:
-        context = self.request_context(request)
-        content_type = request.headers.get("content-type")
+        outcome = await self._collect(request)
+        return _json(outcome.body(), outcome.status, outcome.headers())
+
+    async def _collect(self, request: Request) -> Outcome:
+        headers = request.headers
+        context = self.context(request.client.host if request.client else None,
+                               forwarded_for(headers.getlist("x-forwarded-for")),
+                               headers.get("user-agent"), headers.get("referer"), headers.get("origin"))
+        content_type = headers.get("content-type")
+        if self.ip_limits and context.client_ip:
+            wait = self.ip_limits.retry_after(context.client_ip, 1, take=False)
+            if wait:  # refused before the body is even read
+                self.metrics.rate_limited += 1
+                self.flood.add(f"ip {context.client_ip}", 0)
+                return self.refused(429, "rate_limited", "Too many events from this ip; nothing was "
+                                    f"stored, retry in {wait} s.", 0, wait)
         body, size = await self._read_body(request)
+        intake = Intake("/collect", content_type, context, body, size)
+        keyed_site = None
+        authorization = headers.get("authorization")
+        if authorization is not None:
+            scheme, _, key = authorization.partition(" ")
+            keyed_site = await self.sites.site_for_key(key.strip()) \
+                if scheme.lower() == "bearer" and key.strip() else None
+            if keyed_site is None:
+                return await self.reject_body(
+                    intake, 401, "invalid_write_key",
+                    "The Authorization header holds no valid write key (Bearer <key>); "
+                    "`pixelpipe site key SITE` makes one. Nothing was stored.")
         try:
             if size > self.limits.max_body_bytes:
                 raise BodyRejected(
                     413, "body_too_large",
                     f"The body is larger than the {self.limits.max_body_bytes}-byte cap; send smaller batches.",
                 )
-            payload = decode_body(body, content_type,
-                                  request.headers.get("content-encoding"), self.limits)
+            payload = decode_body(body, content_type, headers.get("content-encoding"), self.limits)
             candidates, envelope = parse_events(payload, self.limits)
         except BodyRejected as error:
-            reject = self.reject_row(f"{error.code}: {error.detail}", "/collect", content_type, context,
-                                     body, size)
-            refused = await self.commit([], [reject])
-            if refused is not None:
-                return refused
-            return _json({"error": error.code, "detail": error.detail, "accepted": 0, "rejected": 1},
-                         error.status)
-        events, rejects, errors = [], [], []
-        for index, candidate in enumerate(candidates):
-            try:
-                events.append(self.checked_row(candidate, context, envelope))
-            except EventRejected as error:
-                try:
-                    raw = orjson.dumps(candidate)
-                except orjson.JSONEncodeError:
-                    raw = body
-                rejects.append(self.reject_row(
-                    f"{error.code}: {error.detail} (event {index})", "/collect", content_type, context, raw))
-                errors.append({"index": index, "error": error.code, "detail": error.detail})
-        try:
-            refused = await self.commit(events, rejects)
-        except psycopg.Error as error:
-            # The database refused these rows; keep the body in the dead letter instead.
-            reason = f"database_refused: {' '.join(str(error).split())}"
-            refused = await self.commit([], [self.reject_row(reason, "/collect", content_type, context, body)])
-            if refused is not None:
-                return refused
-            return _json({"error": "database_refused", "detail": reason, "accepted": 0,
-                          "rejected": len(candidates)}, 400)
-        if refused is not None:
-            return refused
-        if events:
-            self.metrics.request_events.observe(len(events))
-        result = {"accepted": len(events), "rejected": len(rejects)}
-        if errors:
-            result["errors"] = errors[:50]
-        if rejects and not events:
-            # Nothing usable: a 4xx naming the (first) problem; all of it is in the dead letter.
-            return _json({"error": errors[0]["error"], "detail": errors[0]["detail"], **result}, 400)
-        return _json(result)
+            return await self.reject_body(intake, error.status, error.code, error.detail)
+        if keyed_site is not None and "siteId" not in envelope:
+            envelope = {**envelope, "siteId": keyed_site}
+        return await self.ingest(intake, candidates, envelope, len(payload), keyed_site)
 
     async def _read_body(self, request: Request) -> tuple[bytes, int]:
-        """Read at most the cap (plus one byte to tell it was exceeded); return (body, size)."""
+        """Read at most the cap (plus one chunk to tell it was exceeded); return (body, size)."""
         cap = self.limits.max_body_bytes
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
+        if _CONTENT_LENGTH.fullmatch(declared) and int(declared) > cap:
             return b"", int(declared)
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -256,17 +475,23 @@ class Collector:
         return b"".join(chunks), size
 
     async def tracker(self, request: Request) -> Response:
-        return Response(self.tracker_js, media_type="application/javascript",
-                        headers={"Cache-Control": "public, max-age=300"})
+        headers = {"Cache-Control": "public, max-age=300", "ETag": self.tracker_etag}
+        if request.headers.get("if-none-match") == self.tracker_etag:
+            return Response(status_code=304, headers=headers)
+        return Response(self.tracker_js, media_type="application/javascript", headers=headers)
 
     async def healthz(self, request: Request) -> Response:
         return _json({"status": "alive"})
 
     async def readyz(self, request: Request) -> Response:
-        if await self.writer.ping():
-            return _json({"status": "ready"})
-        return _json({"status": "unavailable", "detail": "The database is unreachable."}, 503,
-                     {"Retry-After": RETRY_AFTER_SECONDS})
+        status, body = await self.readiness()
+        return Response(body, status, {"Retry-After": RETRY_AFTER_SECONDS} if status != 200 else None,
+                        media_type="application/json")
+
+    async def readiness(self) -> tuple[int, bytes]:
+        if await self.ready():
+            return 200, orjson.dumps({"status": "ready"})
+        return 503, orjson.dumps({"status": "unavailable", "detail": "The database is unreachable."})
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -274,13 +499,36 @@ class Collector:
     async def openapi(self, request: Request) -> Response:
         return _json(OPENAPI)
 
+    # --- the admin port ----------------------------------------------------------------------
+
+    async def serve_admin(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """GET /metrics and /readyz on PIXELPIPE_ADMIN_PORT (127.0.0.1 only), one per connection."""
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            parts = head.split(b"\r\n", 1)[0].split(b" ")
+            path = parts[1].split(b"?")[0] if len(parts) == 3 and parts[0] == b"GET" else b""
+            if path == b"/metrics":
+                status, body, kind = 200, self.metrics.render().encode(), b"text/plain; version=0.0.4"
+            elif path == b"/readyz":
+                status, body = await self.readiness()
+                kind = b"application/json"
+            else:
+                status, body, kind = 404, b'{"error": "not_found"}', b"application/json"
+            writer.write(b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+                         b"connection: close\r\n\r\n" % (status, b"OK" if status == 200 else b"-", kind,
+                                                         len(body)) + body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
 
 class _PixelFirst:
     """The collector's ASGI app: GET /i goes straight to the pixel, everything else to Starlette.
 
-    The pixel is CPU-bound in the collector: with Starlette's middleware chain and
-    Request/Response objects out of its way (and the writer's round trips trimmed) it went from
-    141 to ~90-100 us of CPU per request on 2 cores.
+    The pixel is CPU-bound in the collector; with Starlette's middleware chain and
+    Request/Response objects out of its way it costs much less per request (docs/benchmarks.md).
     """
 
     def __init__(self, app: Starlette, collector: Collector):
@@ -300,23 +548,36 @@ def create_app(settings: Settings, database_url: str, extra_routes: list | None 
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        await collector.refresh_blocked_sites()
-        refresher = asyncio.create_task(collector.keep_blocked_sites_fresh())
+        await collector.sites.refresh()
+        background = [asyncio.create_task(collector.sites.keep_fresh()),
+                      asyncio.create_task(collector.summarise_floods())]
+        admin = None
+        if settings.admin_port:
+            # Every worker binds the port (SO_REUSEPORT) and answers for itself, as on the main port.
+            admin = await asyncio.start_server(collector.serve_admin, "127.0.0.1", settings.admin_port,
+                                               reuse_port=True, limit=8192)
         await collector.writer.start()
         try:
             yield
         finally:
-            refresher.cancel()
+            for task in background:
+                task.cancel()
+            if admin is not None:
+                admin.close()
+            await collector.write_flood_summary()
             # SIGTERM: uvicorn stops accepting and lets requests finish; then we flush the rest.
             await collector.writer.close()
 
+    operator_routes = [] if settings.admin_port else [
+        Route("/readyz", collector.readyz, methods=["GET"]),
+        Route("/metrics", collector.metrics_text, methods=["GET"]),
+    ]
     app = Starlette(
         routes=[
             Route("/collect", collector.collect, methods=["POST"]),
             Route("/t.js", collector.tracker, methods=["GET"]),
             Route("/healthz", collector.healthz, methods=["GET"]),
-            Route("/readyz", collector.readyz, methods=["GET"]),
-            Route("/metrics", collector.metrics_text, methods=["GET"]),
+            *operator_routes,
             Route("/openapi.json", collector.openapi, methods=["GET"]),
             *(extra_routes or []),
         ],
@@ -325,7 +586,7 @@ def create_app(settings: Settings, database_url: str, extra_routes: list | None 
                 CORSMiddleware,
                 allow_origins=sorted(collector.cors_origins) or ["*"],
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Content-Type", "Content-Encoding"],
+                allow_headers=["Content-Type", "Content-Encoding", "Authorization"],
                 allow_credentials=False,
                 max_age=86400,
             )

@@ -21,8 +21,16 @@ MAX_DEPTH = 32
 EVENT_TYPE_MAX = 50
 ID_MAX = 100
 PATH_MAX = 500
+# Caps on what a client can make us store per row beyond its own body (docs/security.md).
+URL_MAX = 2048
+USER_AGENT_MAX = 512
 ACCEPTED_CONTENT_TYPES = ("application/json", "text/plain")
-SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Always used with fullmatch: `$` would let a trailing newline through.
+SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# What PostgreSQL's timestamptz and Python's datetime can both hold, with room for any offset.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 
 # The columns the collector writes, in COPY order.
 EVENT_COLUMNS = (
@@ -58,6 +66,7 @@ class RequestContext:
     client_ip: str | None
     user_agent: str | None
     referer: str | None
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,34 +187,61 @@ def _text(value, limit: int | None = None) -> str | None:
 
 
 def parse_timestamp(value, fallback: datetime) -> datetime:
-    """ISO 8601 or epoch milliseconds; anything else falls back to the receive time."""
+    """ISO 8601 or epoch milliseconds, in UTC; anything else, or anything outside 1970..9999,
+    falls back to the receive time.
+
+    Always UTC: PostgreSQL refuses offsets past +-15:59 that Python accepts.
+    """
     try:
         if isinstance(value, bool) or value is None:
             return fallback
         if isinstance(value, (int, float)):
-            return datetime.fromtimestamp(value / 1000, UTC)
-        if isinstance(value, str):
+            parsed = datetime.fromtimestamp(value / 1000, UTC)
+        elif isinstance(value, str) and len(value) <= 64:
             text = value.strip()
-            if text.isdigit():
-                return datetime.fromtimestamp(int(text) / 1000, UTC)
-            parsed = datetime.fromisoformat(text)
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            if text.isascii() and text.isdigit():
+                parsed = datetime.fromtimestamp(int(text) / 1000, UTC)
+            else:
+                parsed = datetime.fromisoformat(text)
+                parsed = parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        else:
+            return fallback
     except (ValueError, OverflowError, OSError):
-        pass
-    return fallback
+        return fallback
+    return parsed if _EARLIEST <= parsed < _LATEST else fallback
 
 
-def site_id_from_url(url: str | None) -> str | None:
-    """The seed's domain discovery: shop.example.com -> shop-example-com."""
+def page_host(url: str | None) -> str | None:
+    """The URL's host as ASCII (IDNA), lower case, or None when it has no valid DNS host."""
     if not url:
         return None
     try:
         host = urlsplit(url).hostname
-    except ValueError:
+        if not host:
+            return None
+        ascii_host = host.rstrip(".").encode("idna").decode("ascii").lower()
+    except (ValueError, UnicodeError):
         return None
-    if not host:
+    labels = ascii_host.split(".")
+    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
         return None
-    return re.sub(r"[^a-z0-9-]", "-", host.lower())[:ID_MAX]
+    return ascii_host
+
+
+def site_id_from_url(url: str | None) -> str | None:
+    """The original design's domain discovery (docs/architecture.md): shop.example.com ->
+    shop-example-com.
+
+    Injective: a "-" of the host is doubled, so shop-example.com (shop--example-com) and
+    shop.example-com (shop-example--com) stay two sites. A DNS label never starts or ends with
+    "-", so "." and "-" cannot be confused. Hosts are IDNA-encoded first (a Unicode host gets
+    its xn-- form), and the result must pass the same rule as a siteId, else None.
+    """
+    host = page_host(url)
+    if host is None:
+        return None
+    site = host.replace("-", "--").replace(".", "-")
+    return site if SITE_ID.fullmatch(site) else None
 
 
 def anonymize_ip(address: str) -> str:
@@ -219,9 +255,11 @@ def anonymize_ip(address: str) -> str:
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """Parsed once per distinct address: the pixel sees the same peers over and over."""
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    # PostgreSQL's inet has no zone (fe80::1%eth0): such an address is not a client's anyway.
+    return None if getattr(address, "scope_id", None) else address
 
 
 @functools.lru_cache(maxsize=4096)
@@ -261,11 +299,11 @@ def event_row(event, context: RequestContext, envelope: dict | None = None) -> t
         raise EventRejected("event_type_too_long",
                             f'"eventType" is longer than {EVENT_TYPE_MAX} characters.')
     defaults = envelope or {}
-    url = _text(event.get("url", defaults.get("url"))) or context.referer
+    url = _text(event.get("url", defaults.get("url")), URL_MAX) or _text(context.referer, URL_MAX)
     site = event.get("siteId", defaults.get("siteId"))
     if site is not None and site != "":
         site = str(site)
-        if not SITE_ID.match(site):
+        if not SITE_ID.fullmatch(site):
             raise EventRejected(
                 "invalid_site_id",
                 '"siteId" must be 1-100 letters, digits, ".", "_" or "-", starting with a letter or digit.',
@@ -274,7 +312,8 @@ def event_row(event, context: RequestContext, envelope: dict | None = None) -> t
         site = site_id_from_url(url)
         if not site:
             raise EventRejected("missing_site_id",
-                                'The event has no "siteId" and no page URL to derive it from.')
+                                'The event has no "siteId" and no page URL with a valid host '
+                                "(at most 100 characters as a site id) to derive it from.")
     path = _text(event.get("path"))
     if path is None and url:
         try:
@@ -289,7 +328,7 @@ def event_row(event, context: RequestContext, envelope: dict | None = None) -> t
         parse_timestamp(event.get("timestamp"), context.received_at),
         url,
         path[:PATH_MAX] if path else None,
-        _text(event.get("userAgent")) or context.user_agent,
+        _text(event.get("userAgent"), USER_AGENT_MAX) or _text(context.user_agent, USER_AGENT_MAX),
         context.client_ip,
         raw_json,
     )

@@ -39,6 +39,7 @@ class CollectorMetrics:
         self.events_rejected = 0
         self.requests_refused = 0  # 503: queue full or database down
         self.flush_failures = 0
+        self.rate_limited = 0  # 429: over PIXELPIPE_RATE_LIMIT_PER_IP or _PER_SITE
         self.queue_rows = 0
         self.flush_rows = Histogram(
             "pixelpipe_flush_rows", "Rows written per group commit (COPY + commit).",
@@ -62,6 +63,9 @@ class CollectorMetrics:
              "counter", self.events_rejected),
             ("pixelpipe_requests_refused_total", "Requests answered 503 (queue full or database down).",
              "counter", self.requests_refused),
+            ("pixelpipe_requests_rate_limited_total",
+             "Requests answered 429 (rate limits); summarised in the dead letter once a minute.",
+             "counter", self.rate_limited),
             ("pixelpipe_flush_failures_total", "Group commits that failed.", "counter",
              self.flush_failures),
             ("pixelpipe_queue_rows", "Rows waiting for the next group commit.", "gauge",

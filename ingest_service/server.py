@@ -47,6 +47,10 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None,
             port=port or settings.collector_port,
             workers=workers or settings.collector_workers,
             access_log=False,
+            # The client address comes from our own rule (PIXELPIPE_TRUSTED_PROXIES, one rule
+            # for every route); uvicorn's would trust X-Forwarded-For from loopback by default.
+            proxy_headers=False,
+            http="ingest_service.http_limits:BoundedHttpToolsProtocol",
             log_level="info",
             timeout_graceful_shutdown=30,
         )

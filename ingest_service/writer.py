@@ -4,7 +4,12 @@ Requests hand their rows to `EventWriter.write()` and wait. A few flusher tasks,
 own connection, take whatever is waiting, write it with one COPY per table in one transaction,
 commit, and only then release the waiting requests. When nothing is being committed the rows go
 at once; while a commit is in flight the next flusher gathers for up to `flush_interval` (or
-`flush_max_rows`), so under load each transaction carries many requests. A request's rows never straddle two transactions, so they share one created_at.
+`flush_max_rows`), so under load each transaction carries many requests. A request's rows
+never straddle two transactions, so they share one created_at.
+
+Should the database still refuse a row that validation let through, the group is written
+again in one transaction with each request's rows bisected inside savepoints: the refused rows
+go to the dead letter (through the request's `refuse` callback) and everything else commits.
 """
 
 from __future__ import annotations
@@ -12,17 +17,35 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 
 from ingest_service.events import EVENT_COLUMNS
 from ingest_service.metrics import CollectorMetrics
 
-REJECT_COLUMNS = ("reason", "endpoint", "content_type", "client_ip", "body_size", "raw_body")
-_COPY_EVENTS = f"COPY events_log ({', '.join(EVENT_COLUMNS)}) FROM STDIN".replace(
-    "timestamp", '"timestamp"')
-_COPY_REJECTS = f"COPY events_rejected ({', '.join(REJECT_COLUMNS)}) FROM STDIN"
+REJECT_COLUMNS = ("reason", "endpoint", "content_type", "client_ip", "body_size", "raw_body",
+                  "body_sha256")
+
+
+def _copy_statement(table: str, columns: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+
+
+_COPY_EVENTS = _copy_statement("events_log", EVENT_COLUMNS)
+_COPY_REJECTS = _copy_statement("events_rejected", REJECT_COLUMNS)
+_CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
+# A refused row is dead-lettered by the request that sent it: (event index, database error) ->
+# a row for events_rejected.
+Refuse = Callable[[int, str], tuple]
+
+
+def refusal_text(error: Exception) -> str:
+    """The database's complaint on one line, bounded."""
+    return " ".join(str(error).split())[:300]
 
 
 class Overloaded(Exception):
@@ -38,6 +61,7 @@ class _Pending:
     events: list[tuple]
     rejects: list[tuple]
     done: asyncio.Future = field(default=None)
+    refuse: Refuse | None = None
 
     @property
     def size(self) -> int:
@@ -76,34 +100,29 @@ class EventWriter:
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._flusher()) for _ in range(self.flushers)]
 
-    async def write(self, events: list[tuple], rejects: list[tuple]) -> None:
-        """Return once these rows are committed; raise Overloaded or Unavailable otherwise."""
+    async def write(self, events: list[tuple], rejects: list[tuple],
+                    refuse: Refuse | None = None) -> list[int]:
+        """Return once these rows are committed; raise Overloaded or Unavailable otherwise.
+
+        Returns the indexes of the events the database refused: they were dead-lettered through
+        `refuse` in the same transaction, and the others committed.
+        """
         if self._closing:
             raise Unavailable("the collector is shutting down")
-        item = _Pending(events, rejects, asyncio.get_running_loop().create_future())
+        item = _Pending(events, rejects, asyncio.get_running_loop().create_future(), refuse)
         if self._queued_rows + item.size > self.queue_max_rows and self._queue:
             raise Overloaded(f"{self._queued_rows} rows are already waiting")
         self._queue.append(item)
         self._queued_rows += item.size
         self.metrics.queue_rows = self._queued_rows
         self._wakeup.set()
-        await item.done
+        return await item.done
 
     async def close(self) -> None:
         """Stop taking rows, flush what was accepted, close connections."""
         self._closing = True
         self._wakeup.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def ping(self) -> bool:
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                self.conninfo, connect_timeout=self.connect_timeout, autocommit=True)
-        except psycopg.OperationalError:
-            return False
-        async with conn:
-            await conn.execute("SELECT 1")
-        return True
 
     def _take(self) -> list[_Pending]:
         taken, rows = [], 0
@@ -143,16 +162,52 @@ class EventWriter:
                 await conn.close()
 
     @staticmethod
-    async def _copy(conn, events: list[tuple], rejects: list[tuple]) -> None:
-        async with conn.cursor() as cur:
-            if events:
-                async with cur.copy(_COPY_EVENTS) as copy:
-                    for row in events:
-                        await copy.write_row(row)
-            if rejects:
-                async with cur.copy(_COPY_REJECTS) as copy:
-                    for row in rejects:
-                        await copy.write_row(row)
+    async def _copy_rows(conn, statement: sql.Composed, rows: list[tuple]) -> None:
+        async with conn.cursor() as cur, cur.copy(statement) as copy:
+            for row in rows:
+                await copy.write_row(row)
+
+    async def _copy(self, conn, events: list[tuple], rejects: list[tuple]) -> None:
+        if events:
+            await self._copy_rows(conn, _COPY_EVENTS, events)
+        if rejects:
+            await self._copy_rows(conn, _COPY_REJECTS, rejects)
+
+    async def _refused_rows(self, conn, statement: sql.Composed, rows: list[tuple],
+                            offset: int = 0) -> list[tuple[int, str]]:
+        """Copy `rows` inside savepoints, halving around refusals; (index, error) of each row
+        the database refused. Connection errors propagate."""
+        try:
+            async with conn.transaction():  # a savepoint inside the flush's transaction
+                await self._copy_rows(conn, statement, rows)
+            return []
+        except _CONNECTION_ERRORS:
+            raise
+        except psycopg.Error as error:
+            if len(rows) == 1:
+                return [(offset, refusal_text(error))]
+        middle = len(rows) // 2
+        return (await self._refused_rows(conn, statement, rows[:middle], offset)
+                + await self._refused_rows(conn, statement, rows[middle:], offset + middle))
+
+    async def _flush_isolating(self, conn, batch: list[_Pending]) -> dict[int, list[int]]:
+        """The group again, in one transaction, refused rows found and dead-lettered."""
+        refused: dict[int, list[int]] = {}
+        async with conn.transaction():
+            for number, item in enumerate(batch):
+                bad = await self._refused_rows(conn, _COPY_EVENTS, item.events) if item.events else []
+                refused[number] = [index for index, _ in bad]
+                rejects = list(item.rejects)
+                for index, reason in bad:
+                    rejects.append(item.refuse(index, reason) if item.refuse else
+                                   (f"database_refused: {reason}", None, None, None, None, None, None))
+                for index, reason in await self._refused_rows(conn, _COPY_REJECTS, rejects):
+                    # Even the dead-letter row was refused: keep the fact and the reason.
+                    row = rejects[index]
+                    await self._copy_rows(conn, _COPY_REJECTS, [(
+                        f"database_refused_dead_letter: {reason}", row[1], None, None, row[4], None,
+                        row[6])])
+        return refused
 
     async def _flush(self, conn, batch: list[_Pending]):
         started = time.perf_counter()
@@ -169,32 +224,37 @@ class EventWriter:
                 # A lone COPY in autocommit is its own transaction: the same atomic commit,
                 # without the BEGIN and COMMIT round trips.
                 await self._copy(conn, events, rejects)
-        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as error:
-            self.database_ok = False
-            self.metrics.flush_failures += 1
-            if conn is not None:
-                await conn.close()
-            for item in batch:
-                if not item.done.done():
-                    item.done.set_exception(Unavailable(str(error)))
-            return None
-        except psycopg.Error as error:
+            refused: dict[int, list[int]] = {}
+        except _CONNECTION_ERRORS as error:
+            return await self._fail(conn, batch, error)
+        except psycopg.Error:
             # A row the database refused. Never ack it, and do not let it fail the other
-            # requests that shared the transaction: retry each request on its own.
+            # requests that shared the transaction.
             self.metrics.flush_failures += 1
-            if len(batch) > 1:
-                for item in batch:
-                    conn = await self._flush(conn, [item])
-                return conn
-            if not batch[0].done.done():
-                batch[0].done.set_exception(error)
-            return conn
+            try:
+                refused = await self._flush_isolating(conn, batch)
+            except _CONNECTION_ERRORS as error:
+                return await self._fail(conn, batch, error)
+            except psycopg.Error as error:  # not a row's fault after all: nothing is acked
+                return await self._fail(conn, batch, error)
         self.database_ok = True
-        self.metrics.events_accepted += len(events)
-        self.metrics.events_rejected += len(rejects)
+        refused_count = sum(len(indexes) for indexes in refused.values())
+        self.metrics.events_accepted += len(events) - refused_count
+        self.metrics.events_rejected += len(rejects) + refused_count
         self.metrics.flush_rows.observe(len(events) + len(rejects))
         self.metrics.flush_seconds.observe(time.perf_counter() - started)
+        for number, item in enumerate(batch):
+            if not item.done.done():
+                item.done.set_result(refused.get(number, []))
+        return conn
+
+    async def _fail(self, conn, batch: list[_Pending], error: Exception) -> None:
+        """Nothing of the batch committed: every request answers 503."""
+        self.database_ok = False
+        self.metrics.flush_failures += 1
+        if conn is not None:
+            await conn.close()
         for item in batch:
             if not item.done.done():
-                item.done.set_result(None)
-        return conn
+                item.done.set_exception(Unavailable(str(error)))
+        return None
