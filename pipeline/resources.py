@@ -40,6 +40,7 @@ class PipelineSettings(dg.ConfigurableResource):
     backup_bucket: str = _DEFAULTS.backup_bucket
     export_grace_minutes: int = _DEFAULTS.export_grace_minutes
     retention_hours: int = _DEFAULTS.retention_hours
+    rejected_retention_days: int = _DEFAULTS.rejected_retention_days
     rows_per_file: int = 1_000_000
     billing_rate_per_1000: str = str(_DEFAULTS.billing_rate_per_1000)
     alert_webhook_url: str = _DEFAULTS.alert_webhook_url
@@ -66,6 +67,7 @@ def resources_from_env() -> dict:
             backup_bucket=settings.backup_bucket,
             export_grace_minutes=settings.export_grace_minutes,
             retention_hours=settings.retention_hours,
+            rejected_retention_days=settings.rejected_retention_days,
             billing_rate_per_1000=str(settings.billing_rate_per_1000),
             alert_webhook_url=settings.alert_webhook_url,
         ),

@@ -77,6 +77,15 @@ def apply_retention(conn: psycopg.Connection, now: datetime, retention_hours: in
     return verdicts
 
 
+def expire_dead_letters(conn: psycopg.Connection, days: int) -> int:
+    """Remove dead-letter rows older than PIXELPIPE_REJECTED_RETENTION_DAYS; how many went.
+
+    The dead letter is for looking into what clients sent wrong, not an archive: without this
+    it grows forever."""
+    return conn.execute("DELETE FROM events_rejected WHERE received_at < now() - make_interval(days => %s)",
+                        (days,)).rowcount
+
+
 @dg.asset(
     deps=[hourly_export],
     pool="postgres",
@@ -84,7 +93,8 @@ def apply_retention(conn: psycopg.Connection, now: datetime, retention_hours: in
     kinds={"postgres"},
     description="Drops each events_log hour older than the retention window whose export to both "
     "buckets is recorded and verified by both checks, and marks it purged in export_hours. "
-    "Every other past hour stays and is listed with the reason.",
+    "Every other past hour stays and is listed with the reason. Also removes dead-letter rows "
+    "older than PIXELPIPE_REJECTED_RETENTION_DAYS.",
 )
 def retention_cleanup(context: dg.AssetExecutionContext, postgres: PostgresResource,
                       settings: PipelineSettings) -> dg.MaterializeResult:
@@ -98,11 +108,13 @@ def retention_cleanup(context: dg.AssetExecutionContext, postgres: PostgresResou
                 "run tries again. Look for long-running queries in pg_stat_activity.") from None
         purged = [v for v in verdicts if v.purged]
         kept = [v for v in verdicts if not v.purged]
+        rejected_removed = expire_dead_letters(conn, settings.rejected_retention_days)
         conn.execute(
             "INSERT INTO maintenance_log (operation, details) VALUES ('retention_cleanup', %s)",
             (Jsonb({
                 "purged": [v.hour.isoformat() for v in purged],
                 "rows_purged": sum(v.rows for v in purged),
+                "rejected_rows_removed": rejected_removed,
                 "kept": {v.hour.isoformat(): v.reason for v in kept}}),),
         )
     table = ["| ingest hour (UTC) | rows | reason kept |", "|---|---:|---|"]
@@ -111,6 +123,7 @@ def retention_cleanup(context: dg.AssetExecutionContext, postgres: PostgresResou
         "hours_purged": len(purged),
         "rows_purged": sum(v.rows for v in purged),
         "hours_kept": len(kept),
+        "rejected_rows_removed": rejected_removed,
         "purged": dg.MetadataValue.md("\n".join(f"- {v.hour:%Y-%m-%d %H}:00 ({v.rows} rows)"
                                                 for v in purged) or "none"),
         "kept": dg.MetadataValue.md("\n".join(table)),
