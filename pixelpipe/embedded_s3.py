@@ -2,17 +2,23 @@
 
 Used only when PIXELPIPE_S3_ENDPOINT is unset. Every listener is bound to 127.0.0.1 on an
 explicit port, the Iceberg and Lance catalog ports are off, and telemetry is off: a local
-evaluation must not open anything to the network or phone home.
+evaluation must not open anything to the network or phone home. Its S3 gateway accepts only
+generated keys, kept in `<home>/s3/credentials.json` (mode 0600): an admin pair that creates the
+buckets, and the pair the services use, which can read and write objects but not create buckets
+(as an admin identity, SeaweedFS would create any bucket a PUT names, hiding a misconfiguration).
 """
 
 from __future__ import annotations
 
+import json
+import secrets
 import shutil
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from pixelpipe.embedded_postgres import read_or_create_secret
 from pixelpipe.process import ManagedProcess, free_port, require_free_port
 
 
@@ -39,6 +45,15 @@ class EmbeddedS3:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.server: ManagedProcess | None = None
+        self.credentials_file = self.data_dir.parent / "credentials.json"
+        credentials = json.loads(read_or_create_secret(self.credentials_file, lambda: json.dumps({
+            "access_key": "pp" + secrets.token_hex(9), "secret_key": secrets.token_urlsafe(30),
+            "admin_access_key": "ppadmin" + secrets.token_hex(9),
+            "admin_secret_key": secrets.token_urlsafe(30)})))
+        self.access_key = credentials["access_key"]
+        self.secret_key = credentials["secret_key"]
+        self.admin_access_key = credentials["admin_access_key"]
+        self.admin_secret_key = credentials["admin_secret_key"]
 
     @property
     def endpoint(self) -> str:
@@ -53,6 +68,16 @@ class EmbeddedS3:
         config_dir = self.data_dir.parent
         (config_dir / "master.toml").write_text(
             "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 2\ncopy_3 = 3\ncopy_other = 1\n")
+        identities = config_dir / "s3-identities.json"
+        identities.touch(mode=0o600)
+        identities.write_text(json.dumps({"identities": [
+            {"name": "pixelpipe",
+             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+             "actions": ["Read", "List", "Tagging", "Write"]},
+            {"name": "pixelpipe-admin",
+             "credentials": [{"accessKey": self.admin_access_key, "secretKey": self.admin_secret_key}],
+             "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+        ]}))
         # Internal listeners get free ports each start; only the S3 port is part of the contract.
         internal = {
             name: free_port()
@@ -65,7 +90,7 @@ class EmbeddedS3:
             weed_binary(), "server",
             f"-dir={self.data_dir}",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-s3", f"-s3.port={self.port}",
+            "-s3", f"-s3.port={self.port}", f"-s3.config={identities}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=256",

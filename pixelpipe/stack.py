@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from pixelpipe.database import database_url as pixelpipe_database_url
+from pixelpipe.database import redact_password
 from pixelpipe.embedded_s3 import EmbeddedS3
 from pixelpipe.errors import PixelpipeError
 from pixelpipe.migrations import migrate
@@ -27,8 +28,6 @@ from pixelpipe.s3 import ensure_buckets, s3_client
 from pixelpipe.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-# The embedded S3 accepts any credentials; these are only so clients sign their requests.
-EMBEDDED_S3_KEY = "pixelpipe"
 
 
 def http_ok(url: str) -> bool:
@@ -56,6 +55,7 @@ class Stack:
         self.services: list[ManagedProcess] = []
         self.env: dict[str, str] = {}
         self.stopping = threading.Event()
+        self.s3_admin: tuple[str, str] | None = None
 
     # --- start --------------------------------------------------------------------------
 
@@ -116,11 +116,13 @@ class Stack:
         if settings.s3_endpoint:
             return settings.s3_endpoint, settings.aws_access_key_id, settings.aws_secret_access_key
         server = self.stores.enter_context(EmbeddedS3(self.home / "s3" / "data", settings.s3_port))
-        return server.endpoint, EMBEDDED_S3_KEY, EMBEDDED_S3_KEY
+        self.s3_admin = (server.admin_access_key, server.admin_secret_key)
+        return server.endpoint, server.access_key, server.secret_key
 
     def _prepare(self, database_url: str, s3_endpoint: str, key: str, secret: str) -> None:
         migrate(database_url)
-        client = s3_client(s3_endpoint, key, secret, self.settings.aws_region)
+        # The embedded S3's service keys cannot create buckets; its admin keys can.
+        client = s3_client(s3_endpoint, *(self.s3_admin or (key, secret)), self.settings.aws_region)
         try:
             ensure_buckets(client, [self.settings.client_bucket, self.settings.backup_bucket])
         except Exception as error:  # noqa: BLE001 - any S3 error: say which setting to check
@@ -159,7 +161,7 @@ def run_stack(settings: Settings, demo: bool = False) -> int:
 pixelpipe is up (data in {settings.home})
   collector        {stack.collector_url}   (POST /collect, GET /i, /t.js, /metrics)
   Dagster UI       {stack.dagster_url}
-  PostgreSQL       {stack.env['DATABASE_URL']}
+  PostgreSQL       {redact_password(stack.env['DATABASE_URL'])}
   S3               {stack.env['PIXELPIPE_S3_ENDPOINT'] or 'AWS S3'}   buckets {settings.client_bucket}, {settings.backup_bucket}""")
         if demo:
             from pixelpipe.demo import start_demo_traffic

@@ -85,7 +85,8 @@ def s3_server(state_dir):
 
 @pytest.fixture(scope="session")
 def s3(s3_server):
-    return s3_client(s3_server.endpoint, "pixelpipe", "pixelpipe", "us-east-1")
+    """An admin client: it creates buckets (the services' keys cannot) and reads what they wrote."""
+    return s3_client(s3_server.endpoint, s3_server.admin_access_key, s3_server.admin_secret_key, "us-east-1")
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 def resources(database_url, s3_server, buckets):
     return {
         "postgres": PostgresResource(database_url=database_url),
-        "s3": S3Resource(endpoint_url=s3_server.endpoint, aws_access_key_id="pixelpipe",
-                         aws_secret_access_key="pixelpipe", region_name="us-east-1"),
+        "s3": S3Resource(endpoint_url=s3_server.endpoint, aws_access_key_id=s3_server.access_key,
+                         aws_secret_access_key=s3_server.secret_key, region_name="us-east-1"),
         "settings": PipelineSettings(client_bucket=buckets["client"], backup_bucket=buckets["backup"]),
     }
 

@@ -1,6 +1,8 @@
 """`pixelpipe up` as an evaluator runs it: events in, an hour exported through Dagster, clean stop."""
 
+import json
 import os
+import stat
 import signal
 import socket
 import subprocess
@@ -48,7 +50,6 @@ def test_up_ingests_exports_through_dagster_and_stops_cleanly(state_dir):
     up = subprocess.Popen([sys.executable, "-m", "pixelpipe.cli", "up"], env=_env(home, ports),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     collector = f"http://127.0.0.1:{ports['collector']}"
-    database_url = f"postgresql://postgres@127.0.0.1:{ports['postgres']}/pixelpipe"
     try:
         started = time.monotonic()
         banner = []
@@ -57,6 +58,14 @@ def test_up_ingests_exports_through_dagster_and_stops_cleanly(state_dir):
             if "Press Ctrl-C" in line:
                 break
         assert "Press Ctrl-C" in "".join(banner), "".join(banner)
+        # The stores ask for generated credentials, kept 0600 under PIXELPIPE_HOME, never printed.
+        password = (home / "postgres" / "password").read_text().strip()
+        s3_keys = json.loads((home / "s3" / "credentials.json").read_text())
+        for secret in (home / "postgres" / "password", home / "s3" / "credentials.json"):
+            assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert password not in "".join(banner) and s3_keys["secret_key"] not in "".join(banner)
+        assert "postgres:***@" in "".join(banner)
+        database_url = f"postgresql://postgres:{password}@127.0.0.1:{ports['postgres']}/pixelpipe"
         assert time.monotonic() - started < 90
         assert httpx.get(f"{collector}/healthz").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{ports['dagster']}/server_info").status_code == 200
@@ -83,7 +92,7 @@ def test_up_ingests_exports_through_dagster_and_stops_cleanly(state_dir):
         assert status == "SUCCESS"
 
         s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['s3']}", region_name="us-east-1",
-                          aws_access_key_id="pixelpipe", aws_secret_access_key="pixelpipe")
+                          aws_access_key_id=s3_keys["access_key"], aws_secret_access_key=s3_keys["secret_key"])
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="pixelpipe-clients")["Contents"])
         assert keys == [f"site_id=site-{n}/date={hour:%Y-%m-%d}/hour={hour:%H}/part-00000.parquet" for n in (0, 1)]
     finally:
