@@ -73,7 +73,7 @@ REASON_MAX = 1000
 CONTENT_TYPE_MAX = 100
 READINESS_TTL_SECONDS = 1.0
 FLOOD_SUMMARY_SECONDS = 60
-_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,20}")
 
 
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:

@@ -2,7 +2,9 @@
 
 uvicorn's httptools protocol accepts a request target and headers of any size, so a stranger
 could make every worker buffer megabytes per request. This subclass counts while parsing and
-answers 414 (request target) or 431 (headers) with a JSON body, then closes the connection.
+answers 414 (request target) or 431 (headers) with a JSON body, then drops whatever else the
+client sends until it hangs up (closing at once, with its data unread, would reset the
+connection before the client reads the answer), for a few seconds at most.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 # Fixed, documented in docs/security.md: far above what a browser or SDK sends.
 MAX_REQUEST_TARGET_BYTES = 8 * 1024
 MAX_HEADER_BYTES = 16 * 1024
+DISCARD_SECONDS = 5.0
 
 
 class _TooLarge(Exception):
@@ -40,7 +43,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                             f"The request headers are larger than {MAX_HEADER_BYTES} bytes in all.")
         super().on_header(name, value)
 
+    _refused = False
+
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the answer is sent; the rest of an oversized request is dropped
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -65,4 +72,5 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body),
             body,
         ]))
-        self.transport.close()
+        self._refused = True
+        self.loop.call_later(DISCARD_SECONDS, self.transport.close)

@@ -35,6 +35,17 @@ def test_site_id_is_derived_from_the_page_host():
     assert row({"eventType": "pageview"})["site_id"] == "shop-example-com"
 
 
+def test_derived_site_ids_are_idna_encoded_validated_and_never_collide():
+    assert site_id_from_url("https://ＥＸＡＭＰＬＥ.com/") == "example-com"  # as a browser maps it
+    assert site_id_from_url("https://bücher.example/") == "xn----bcher--kva-example"  # its xn--bcher-kva form, "-" doubled
+    assert site_id_from_url("https://shop-example.com/") == "shop--example-com"
+    assert site_id_from_url("https://shop.example-com/") == "shop-example--com"
+    hosts = ["a-b.c", "a.b-c", "a-b-c", "a.b.c", "ab.c", "a.bc", "xn--a.b", "xn-a.b", "a--b.c"]
+    assert len({site_id_from_url(f"https://{h}/") for h in hosts}) == len(hosts)
+    for bad in ("https://under_score.com/", "https://-lead.com/", "https://[::1]/", "https://" + "a" * 120 + ".com/"):
+        assert site_id_from_url(bad) is None, bad
+
+
 def test_timestamps_iso_epoch_ms_and_fallback():
     assert parse_timestamp("2026-11-24T10:00:00Z", NOW) == datetime(2026, 11, 24, 10, tzinfo=UTC)
     assert parse_timestamp(1764000000000, NOW) == datetime.fromtimestamp(1764000000, UTC)

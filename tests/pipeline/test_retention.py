@@ -151,3 +151,14 @@ def test_no_sequence_of_operations_loses_an_unexported_row(postgres_server, temp
                     assert in_db.get(hour, 0) == 0
                 else:
                     assert in_db.get(hour, 0) == ingested[index]
+
+
+def test_retention_removes_dead_letters_older_than_their_window(resources, db):
+    db.execute("""INSERT INTO events_rejected (reason, received_at)
+                  SELECT 'old', now() - interval '8 days' FROM generate_series(1, 3)
+                  UNION ALL SELECT 'recent', now() - interval '6 days'""")
+    result = dg.materialize([retention_cleanup], resources=resources)
+    assert result.success
+    metadata = result.asset_materializations_for_node("retention_cleanup")[0].metadata
+    assert metadata["rejected_rows_removed"].value == 3
+    assert [r[0] for r in db.execute("SELECT reason FROM events_rejected")] == ["recent"]

@@ -2,9 +2,9 @@
 
 import json
 import os
-import stat
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
