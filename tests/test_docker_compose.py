@@ -37,3 +37,12 @@ def test_every_variable_set_for_pixelpipe_services_is_read_by_the_code():
 def test_dagster_ui_is_not_published_beyond_localhost():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert compose["services"]["dagster-webserver"]["ports"] == ["127.0.0.1:3000:3000"]
+
+
+def test_no_secret_has_a_default_and_the_app_is_not_the_s3_root():
+    text = (ROOT / "docker-compose.yml").read_text()
+    for secret in ("POSTGRES_PASSWORD", "S3_ROOT_PASSWORD", "S3_SECRET_KEY", "S3_ACCESS_KEY", "S3_ROOT_USER"):
+        assert re.findall(rf"\$\{{{secret}(:?[-?])", text) and set(re.findall(rf"\$\{{{secret}(:?[-?])", text)) == {":?"}, secret
+    compose = yaml.safe_load(text)
+    minio = compose["services"]["s3"]["environment"]
+    assert minio["MINIO_ROOT_USER"] != compose["x-pixelpipe-env"]["AWS_ACCESS_KEY_ID"]
