@@ -4,6 +4,7 @@ on free loopback ports in a temporary folder, stopped when the benchmark ends.""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +29,10 @@ def benchmark_servers(s3: bool = False) -> Iterator[dict]:
             url = postgres.start()
             apply_migrations(url)
             endpoint = store.start() if store else ""
+            if store:
+                # The admin pair (it may create buckets); child processes inherit it.
+                os.environ["AWS_ACCESS_KEY_ID"] = store.admin_access_key
+                os.environ["AWS_SECRET_ACCESS_KEY"] = store.admin_secret_key
             yield {"database_url": url, "s3_endpoint": endpoint, "folder": Path(folder)}
         finally:
             if store:
@@ -36,7 +41,8 @@ def benchmark_servers(s3: bool = False) -> Iterator[dict]:
 
 
 def bench_s3_client(endpoint: str):
-    return s3_client(endpoint, "bench", "bench", "us-east-1")
+    """A client of the benchmark's S3, with the keys benchmark_servers put in the environment."""
+    return s3_client(endpoint, os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"], "us-east-1")
 
 
 def peak_rss_mb() -> float:

@@ -157,9 +157,8 @@ class TokenBuckets:
     def __bool__(self) -> bool:
         return self.rate > 0
 
-    def retry_after(self, key: str, events: int = 1, now: float | None = None,
-                    take: bool = True) -> int:
-        """0 when `events` may pass (and, with `take`, takes them); otherwise whole seconds to wait."""
+    def retry_after(self, key: str, events: int = 1, now: float | None = None) -> int:
+        """0 when `events` may pass (and takes them); otherwise whole seconds to wait."""
         now = time.monotonic() if now is None else now
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -170,7 +169,7 @@ class TokenBuckets:
         bucket[1] = now
         cost = min(float(events), self.capacity)
         if tokens >= cost:
-            bucket[0] = tokens - cost if take else tokens
+            bucket[0] = tokens - cost
             return 0
         bucket[0] = tokens
         return max(1, math.ceil((cost - tokens) / self.rate))

@@ -234,7 +234,7 @@ class Collector:
             rows, indexes = await self._admit(rows, indexes, problems, context, keyed_site)
             if isinstance(rows, Outcome):
                 return rows
-        limited = self._rate_limited(context, rows)
+        limited = self.ip_limited(context, len(candidates) - 1) or self._site_limited(rows)
         if limited is not None:
             return limited
         problems.sort(key=lambda problem: problem[0])
@@ -293,28 +293,34 @@ class Collector:
             kept_indexes.append(index)
         return kept, kept_indexes
 
-    def _rate_limited(self, context: RequestContext, rows: list[tuple]) -> Outcome | None:
-        if not rows or not (self.ip_limits or self.site_limits):
+    def ip_limited(self, context: RequestContext, events: int) -> Outcome | None:
+        """429 once this address has sent more events (good or bad) than its rate allows.
+
+        Taken once per request before anything else (1 event), then for the rest of a batch
+        once it is parsed, so a flood of bad events is limited like a flood of good ones."""
+        if not self.ip_limits or not context.client_ip or events < 1:
             return None
-        wait = 0
-        if self.ip_limits and context.client_ip:
-            wait = self.ip_limits.retry_after(context.client_ip, len(rows))
-            key = f"ip {context.client_ip}"
-        if not wait and self.site_limits:
-            per_site: dict[str, int] = {}
-            for row in rows:
-                per_site[row[SITE_COLUMN]] = per_site.get(row[SITE_COLUMN], 0) + 1
-            for site, count in per_site.items():
-                wait = self.site_limits.retry_after(site, count)
-                if wait:
-                    key = f"site {site}"
-                    break
-        if not wait:
+        wait = self.ip_limits.retry_after(context.client_ip, events)
+        return self._limited(f"ip {context.client_ip}", events, wait) if wait else None
+
+    def _site_limited(self, rows: list[tuple]) -> Outcome | None:
+        if not rows or not self.site_limits:
             return None
+        per_site: dict[str, int] = {}
+        for row in rows:
+            per_site[row[SITE_COLUMN]] = per_site.get(row[SITE_COLUMN], 0) + 1
+        for site, count in per_site.items():
+            wait = self.site_limits.retry_after(site, count)
+            if wait:
+                return self._limited(f"site {site}", len(rows), wait)
+        return None
+
+    def _limited(self, key: str, events: int, wait: int) -> Outcome:
         self.metrics.rate_limited += 1
-        self.flood.add(key, len(rows))
-        return self.refused(429, "rate_limited", f"Too many events from this {key.split()[0]} "
-                            f"({key.split()[1]}); nothing was stored, retry in {wait} s.", len(rows), wait)
+        self.flood.add(key, events)
+        kind, name = key.split(" ", 1)
+        return self.refused(429, "rate_limited", f"Too many events from this {kind} ({name}); nothing "
+                            f"was stored, retry in {wait} s.", events, wait)
 
     def _reject_rows(self, intake: Intake, candidates: list, problems) -> list[tuple]:
         if len(problems) > REJECTS_KEPT_SEPARATELY:
@@ -397,7 +403,7 @@ class Collector:
                                headers.get(b"user-agent"), headers.get(b"referer"), headers.get(b"origin"))
         query = scope["query_string"]
         intake = Intake("/i", None, context, query, len(query))
-        outcome = await self.ingest(intake, [dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))],
+        outcome = self.ip_limited(context, 1) or await self.ingest(intake, [dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))],
                                     None, len(query))
         if outcome.status in (429, 503):
             await _json(outcome.body(), outcome.status, outcome.headers())(scope, receive, send)
@@ -425,13 +431,9 @@ class Collector:
                                forwarded_for(headers.getlist("x-forwarded-for")),
                                headers.get("user-agent"), headers.get("referer"), headers.get("origin"))
         content_type = headers.get("content-type")
-        if self.ip_limits and context.client_ip:
-            wait = self.ip_limits.retry_after(context.client_ip, 1, take=False)
-            if wait:  # refused before the body is even read
-                self.metrics.rate_limited += 1
-                self.flood.add(f"ip {context.client_ip}", 0)
-                return self.refused(429, "rate_limited", "Too many events from this ip; nothing was "
-                                    f"stored, retry in {wait} s.", 0, wait)
+        limited = self.ip_limited(context, 1)  # before the body is even read
+        if limited is not None:
+            return limited
         body, size = await self._read_body(request)
         intake = Intake("/collect", content_type, context, body, size)
         keyed_site = None
