@@ -144,13 +144,18 @@ class SiteDirectory:
 class TokenBuckets:
     """Events per second per key (an IP or a site), one bucket each, per worker.
 
-    A bucket holds one second's worth; a batch larger than that drains a full bucket. Idle
-    buckets are forgotten, so a stream of new keys cannot grow memory past `max_keys`.
+    A bucket holds one second's worth. A request passes while its bucket holds what it costs,
+    or is full (a batch larger than a second's worth may pass then); what it costs is always
+    taken, so the bucket may go into debt and the key waits until it is paid. Work already done
+    before a refusal (a body inflated, a batch parsed) is charged too, so a stream of costly
+    refusals cannot go on at the price of a cheap one. Idle buckets are forgotten, so a stream
+    of new keys cannot grow memory past `max_keys`.
     """
 
-    def __init__(self, rate: float, max_keys: int = 100_000):
+    def __init__(self, rate: float, max_keys: int = 100_000, max_debt_seconds: float = 10.0):
         self.rate = rate
         self.capacity = max(rate, 1.0)
+        self.max_debt = rate * max_debt_seconds
         self.max_keys = max_keys
         self._buckets: dict[str, list[float]] = {}
 
@@ -158,7 +163,7 @@ class TokenBuckets:
         return self.rate > 0
 
     def retry_after(self, key: str, events: int = 1, now: float | None = None) -> int:
-        """0 when `events` may pass (and takes them); otherwise whole seconds to wait."""
+        """Take `events`; 0 when they may pass, otherwise whole seconds until the key may send."""
         now = time.monotonic() if now is None else now
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -167,18 +172,17 @@ class TokenBuckets:
             bucket = self._buckets[key] = [self.capacity, now]
         tokens = min(self.capacity, bucket[0] + (now - bucket[1]) * self.rate)
         bucket[1] = now
-        cost = min(float(events), self.capacity)
-        if tokens >= cost:
-            bucket[0] = tokens - cost
+        passes = tokens >= min(float(events), self.capacity)
+        bucket[0] = max(tokens - events, -self.max_debt)
+        if passes:
             return 0
-        bucket[0] = tokens
-        return max(1, math.ceil((cost - tokens) / self.rate))
+        return max(1, math.ceil((1 - bucket[0]) / self.rate))
 
     def prune(self, now: float | None = None) -> None:
         if not self.rate:
             return
         now = time.monotonic() if now is None else now
-        full_after = self.capacity / self.rate
+        full_after = (self.capacity + self.max_debt) / self.rate
         self._buckets = {k: b for k, b in self._buckets.items() if now - b[1] < full_after}
         if len(self._buckets) >= self.max_keys:
             self._buckets.clear()  # an address flood: forget everyone rather than grow

@@ -72,6 +72,8 @@ REJECTS_KEPT_SEPARATELY = 5
 REASON_MAX = 1000
 CONTENT_TYPE_MAX = 100
 READINESS_TTL_SECONDS = 1.0
+# Under PIXELPIPE_RATE_LIMIT_PER_IP, a body also counts one event per this many inflated bytes.
+BODY_BYTES_PER_TOKEN = 16 * 1024
 FLOOD_SUMMARY_SECONDS = 60
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,20}")
 
@@ -234,7 +236,7 @@ class Collector:
             rows, indexes = await self._admit(rows, indexes, problems, context, keyed_site)
             if isinstance(rows, Outcome):
                 return rows
-        limited = self.ip_limited(context, len(candidates) - 1) or self._site_limited(rows)
+        limited = self._site_limited(rows)
         if limited is not None:
             return limited
         problems.sort(key=lambda problem: problem[0])
@@ -297,7 +299,8 @@ class Collector:
         """429 once this address has sent more events (good or bad) than its rate allows.
 
         Taken once per request before anything else (1 event), then for the rest of a batch
-        once it is parsed, so a flood of bad events is limited like a flood of good ones."""
+        once it is parsed, so a flood of bad events is limited like a flood of good ones, and
+        every hostile request that follows costs us only this check."""
         if not self.ip_limits or not context.client_ip or events < 1:
             return None
         wait = self.ip_limits.retry_after(context.client_ip, events)
@@ -383,13 +386,8 @@ class Collector:
 
     # --- routes ------------------------------------------------------------------------------
 
-    async def pixel(self, scope, receive, send) -> None:
-        """GET and HEAD /i as a bare ASGI endpoint: the hottest path skips Starlette's request
-        and response objects and its middleware (CORS does not apply to an image)."""
-        if scope["method"] == "HEAD":  # a link checker or a prefetch: no event
-            await send(_PIXEL_START)
-            await send(_EMPTY_BODY)
-            return
+    def scope_context(self, scope) -> tuple[RequestContext, str | None]:
+        """The request context from raw ASGI headers (and the Origin), without Starlette."""
         headers: dict[bytes, str] = {}
         forwarded: list[str] = []
         for name, value in scope["headers"]:
@@ -399,18 +397,37 @@ class Collector:
                 else:
                     headers[name] = value.decode("latin-1")
         peer = scope.get("client")
-        context = self.context(peer[0] if peer else None, forwarded_for(forwarded),
-                               headers.get(b"user-agent"), headers.get(b"referer"), headers.get(b"origin"))
+        origin = headers.get(b"origin")
+        return self.context(peer[0] if peer else None, forwarded_for(forwarded), headers.get(b"user-agent"),
+                            headers.get(b"referer"), origin), origin
+
+    async def refuse_early(self, scope, receive, send) -> bool:
+        """An address over its rate gets its 429 before Starlette sees the request: under a
+        flood, refusals must cost as little as possible. True when it was refused."""
+        context, _ = self.scope_context(scope)
+        outcome = self.ip_limited(context, 1)
+        if outcome is None:
+            return False
+        await _json(outcome.body(), outcome.status, outcome.headers())(scope, receive, send)
+        return True
+
+    async def pixel(self, scope, receive, send) -> None:
+        """GET and HEAD /i as a bare ASGI endpoint: the hottest path skips Starlette's request
+        and response objects and its middleware (CORS does not apply to an image)."""
+        if scope["method"] == "HEAD":  # a link checker or a prefetch: no event
+            await send(_PIXEL_START)
+            await send(_EMPTY_BODY)
+            return
+        context, origin = self.scope_context(scope)
         query = scope["query_string"]
         intake = Intake("/i", None, context, query, len(query))
-        outcome = self.ip_limited(context, 1) or await self.ingest(intake, [dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))],
-                                    None, len(query))
+        outcome = self.ip_limited(context, 1) or await self.ingest(
+            intake, [dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))], None, len(query))
         if outcome.status in (429, 503):
             await _json(outcome.body(), outcome.status, outcome.headers())(scope, receive, send)
             return
         # Always the GIF, also for bad input (it is in the dead letter): a page never shows a
         # broken image.
-        origin = headers.get(b"origin")
         if origin is None:
             await send(_PIXEL_START)
         elif not self.cors_origins:
@@ -431,9 +448,6 @@ class Collector:
                                forwarded_for(headers.getlist("x-forwarded-for")),
                                headers.get("user-agent"), headers.get("referer"), headers.get("origin"))
         content_type = headers.get("content-type")
-        limited = self.ip_limited(context, 1)  # before the body is even read
-        if limited is not None:
-            return limited
         body, size = await self._read_body(request)
         intake = Intake("/collect", content_type, context, body, size)
         keyed_site = None
@@ -456,7 +470,15 @@ class Collector:
             payload = decode_body(body, content_type, headers.get("content-encoding"), self.limits)
             candidates, envelope = parse_events(payload, self.limits)
         except BodyRejected as error:
-            return await self.reject_body(intake, error.status, error.code, error.detail)
+            # What the refusal cost us (reading, inflating) counts against the address first.
+            inflated = self.limits.max_body_bytes if error.code == "body_too_large" else len(body)
+            return self.ip_limited(context, inflated // BODY_BYTES_PER_TOKEN) \
+                or await self.reject_body(intake, error.status, error.code, error.detail)
+        # The rest of the request's cost, before any event is looked at: one token per further
+        # event and per BODY_BYTES_PER_TOKEN inflated bytes (a gzip bomb pays for what it costs).
+        limited = self.ip_limited(context, len(candidates) - 1 + len(payload) // BODY_BYTES_PER_TOKEN)
+        if limited is not None:
+            return limited
         if keyed_site is not None and "siteId" not in envelope:
             envelope = {**envelope, "siteId": keyed_site}
         return await self.ingest(intake, candidates, envelope, len(payload), keyed_site)
@@ -540,6 +562,10 @@ class _PixelFirst:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] == "/i" and scope["method"] in ("GET", "HEAD"):
             await self.collector.pixel(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/collect" and scope["method"] == "POST":
+            # The request's first token is taken here, before Starlette and the body.
+            if not await self.collector.refuse_early(scope, receive, send):
+                await self.app(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 

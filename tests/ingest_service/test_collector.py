@@ -145,13 +145,20 @@ def test_body_over_the_cap_is_413_and_dead_lettered_with_its_size(database_url, 
 
 
 def test_gzip_bomb_is_413(database_url, db):
+    bomb = gzip.compress(b'{"eventType": "x", "pad": "' + b"a" * 1_000_000 + b'"}')
+    assert len(bomb) < 10_000
+    with make_client(database_url) as default:
+        response = post(default, bomb, **{"content-encoding": "gzip"})
     with make_client(database_url, max_body_bytes=10_000) as small:
-        bomb = gzip.compress(b'{"eventType": "x", "pad": "' + b"a" * 1_000_000 + b'"}')
-        assert len(bomb) < 10_000
-        response = post(small, bomb, **{"content-encoding": "gzip"})
+        small_bomb = post(small, bomb, **{"content-encoding": "gzip"})
+        # Compressible as real batches are, but inflating past the cap.
+        big = gzip.compress(orjson.dumps([{"eventType": "x", "siteId": "s", "n": n} for n in range(1000)]))
+        over_cap = post(small, big, **{"content-encoding": "gzip"})
     assert response.status_code == 413
-    assert response.json()["error"] == "body_too_large"
-    assert len(rejected(db)) == 1
+    assert response.json()["error"] == "gzip_ratio"  # refused after inflating 64 KiB, not 1 MiB
+    assert over_cap.status_code == 413 and over_cap.json()["error"] == "body_too_large"
+    assert small_bomb.status_code == 413 and small_bomb.json()["error"] == "body_too_large"
+    assert len(rejected(db)) == 3
 
 
 def test_more_events_than_the_batch_cap_is_413(database_url, db):
