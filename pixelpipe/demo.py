@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -52,7 +53,7 @@ def write_history(database_url: str, now: datetime, rng: random.Random) -> int:
                         created = first + timedelta(hours=hour, seconds=rng.uniform(0, 3599))
                         event = _event(site, origin, rng, created - timedelta(seconds=rng.uniform(0, 90)))
                         copy.write_row((event["eventType"], event["sessionId"], event["visitorId"], site,
-                                        event["timestamp"], event["url"], event["url"].split(".com")[-1],
+                                        event["timestamp"], event["url"], urlsplit(event["url"]).path,
                                         "Mozilla/5.0 (demo)", f"203.0.113.{rng.randrange(1, 255)}",
                                         orjson.dumps(event).decode(), created))
                         written += 1
