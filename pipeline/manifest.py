@@ -62,6 +62,28 @@ def previous_keys(conn: psycopg.Connection, hour: datetime) -> set[tuple[str, st
     return keys
 
 
+def unverify_hour(conn: psycopg.Connection, hour: datetime) -> None:
+    """Forget the hour's verification before any of its objects is touched: a run that dies
+    half-way must leave nothing verified that retention could then drop."""
+    with conn.transaction():
+        conn.execute("UPDATE export_hours SET reconciled_at = NULL, tenants_verified_at = NULL "
+                     "WHERE ingest_hour = %s", (hour,))
+        conn.execute("UPDATE export_manifest SET verified_at = NULL WHERE ingest_hour = %s", (hour,))
+
+
+def record_location(conn: psycopg.Connection, hour: datetime, site_id: str, bucket: str,
+                    prefix: str) -> None:
+    """Note where the hour's files for a site are about to be written (before the upload)."""
+    conn.execute("""INSERT INTO export_locations (ingest_hour, site_id, bucket, prefix)
+                    VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""", (hour, site_id, bucket, prefix))
+
+
+def client_locations(conn: psycopg.Connection, hour: datetime) -> set[tuple[str, str, str]]:
+    """(site, bucket, hour prefix) of every place the hour's client files were ever written."""
+    return {(site, bucket, prefix) for site, bucket, prefix in conn.execute(
+        "SELECT site_id, bucket, prefix FROM export_locations WHERE ingest_hour = %s", (hour,))}
+
+
 def record_export(conn: psycopg.Connection, hour: datetime, sites: list[SiteExport],
                   backup_bucket: str) -> None:
     """Replace the hour's ledger rows in one transaction; clears earlier verification."""

@@ -66,6 +66,14 @@ def missing_hours(conn, start: datetime, end: datetime) -> list[datetime]:
     return hours
 
 
+def unverified_hours(conn, start: datetime, end: datetime) -> list[datetime]:
+    """Exported hours of [start, end) whose checks have not both passed: a statement must rest
+    on verified hours only."""
+    return [row[0] for row in conn.execute(
+        """SELECT ingest_hour FROM export_hours
+           WHERE ingest_hour >= %s AND ingest_hour < %s AND verified_at IS NULL ORDER BY 1""", (start, end))]
+
+
 def _ranges(hours: list[datetime]) -> str:
     """Consecutive hours folded into ranges, for a readable failure message."""
     spans, start, previous = [], None, None
@@ -139,7 +147,8 @@ def statement_files(month: datetime, lines: list[StatementLine]) -> dict[str, by
     kinds={"postgres", "s3"},
     description="Per site and month: events exported, amount in USD at the configured rate per "
     "1,000 events (PIXELPIPE_BILLING_RATE_PER_1000, default $0.01), and whether the site is new "
-    "that month. From export_manifest, so it stays exact after retention.",
+    "that month. From export_manifest, so it stays exact after retention; refused while any hour "
+    "of the month is missing or not verified by both export checks.",
 )
 def monthly_billing(context: dg.AssetExecutionContext, postgres: PostgresResource, s3: S3Resource,
                     settings: PipelineSettings) -> dg.MaterializeResult:
@@ -153,6 +162,13 @@ def monthly_billing(context: dg.AssetExecutionContext, postgres: PostgresResourc
                 description=f"{start:%Y-%m} cannot be billed: {len(missing)} hours are not exported: "
                 f"{_ranges(missing)}. Backfill hourly_export for them, then re-run this month.",
                 metadata={"missing_hours": len(missing)})
+        unverified = unverified_hours(conn, start, end)
+        if unverified:
+            raise dg.Failure(
+                description=f"{start:%Y-%m} cannot be billed: {len(unverified)} hours are exported but not "
+                f"verified: {_ranges(unverified)}. Their checks (export_reconciles, no_cross_tenant_rows) "
+                "failed or have not run: re-run hourly_export for them, then re-run this month.",
+                metadata={"unverified_hours": len(unverified)})
         lines = compute_statement(conn, start, end, rate)
         store_statement(conn, start, lines, rate)
     client = s3.get_client()

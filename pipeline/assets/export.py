@@ -19,12 +19,15 @@ from pipeline.assets.events_log import events_log
 from pipeline.export_files import hour_prefix, object_key, write_hour_files
 from pipeline.manifest import (
     SiteExport,
+    client_locations,
     hour_state,
     manifest_rows,
     mark_check,
     previous_keys,
     record_export,
+    record_location,
     site_destinations,
+    unverify_hour,
 )
 from pipeline.object_store import (
     copy_object,
@@ -113,6 +116,7 @@ def export_hour(conn, database_url: str, client, settings: PipelineSettings, hou
     of their own, opened from `database_url` after the seal committed.
     """
     seal_hour(conn, hour)
+    unverify_hour(conn, hour)
     destinations = site_destinations(conn, settings.client_bucket)
     sites: dict[str, SiteExport] = {}
     # Uploads run beside the next file's writing; at most a few finished files wait on disk.
@@ -124,6 +128,7 @@ def export_hour(conn, database_url: str, client, settings: PipelineSettings, hou
             if site is None:
                 bucket, prefix = destinations.get(file.site_id, (settings.client_bucket, ""))
                 site = sites[file.site_id] = SiteExport(file.site_id, bucket, prefix)
+                record_location(conn, hour, file.site_id, bucket, hour_prefix(file.site_id, hour, prefix))
             client_key = object_key(file.site_id, hour, file.part, site.client_prefix)
             backup_key = object_key(file.site_id, hour, file.part)
             pending.append(uploads.submit(_upload_both, client, file.path, site.client_bucket,
@@ -149,10 +154,12 @@ def export_hour(conn, database_url: str, client, settings: PipelineSettings, hou
     written = {(s.client_bucket, k) for s in exported for k in s.client_keys}
     written |= {(settings.backup_bucket, k) for s in exported for k in s.backup_keys}
     existing = previous_keys(conn, hour)
+    places = {(bucket, prefix) for _, bucket, prefix in client_locations(conn, hour)}
     for site in exported:
-        for bucket, prefix in ((site.client_bucket, hour_prefix(site.site_id, hour, site.client_prefix)),
-                               (settings.backup_bucket, hour_prefix(site.site_id, hour))):
-            existing.update((bucket, key) for key in list_keys(client, bucket, prefix))
+        places.add((site.client_bucket, hour_prefix(site.site_id, hour, site.client_prefix)))
+        places.add((settings.backup_bucket, hour_prefix(site.site_id, hour)))
+    for bucket, prefix in sorted(places):  # also where a site's bucket or prefix used to be
+        existing.update((bucket, key) for key in list_keys(client, bucket, prefix))
     stale: dict[str, list[str]] = defaultdict(list)
     for bucket, key in sorted(existing - written):
         stale[bucket].append(key)
@@ -300,21 +307,27 @@ def _foreign_rows(client, bucket: str, key: str, site: str) -> list[str]:
     return offenders
 
 
-def verify_tenants(conn, client, hours: list[datetime]) -> tuple[int, list[str]]:
-    """Check every object under each client's hour prefix; record the verdict per hour.
+def verify_tenants(conn, client, hours: list[datetime], default_bucket: str = "") -> tuple[int, list[str]]:
+    """Check every object under each client's hour prefixes; record the verdict per hour.
 
-    Lists the prefix rather than trusting the manifest, so a stray object is caught too.
-    Returns (objects checked, offending row groups).
+    Lists the prefixes rather than trusting the manifest, so a stray object is caught too: every
+    bucket and prefix the hour was ever written to (export_locations), the manifest's, and the
+    site's current one. Returns (objects checked, offending row groups).
     """
     offenders: list[str] = []
     objects = 0
-    prefixes = {site: prefix for site, (_, prefix) in site_destinations(conn, "").items()}
+    destinations = site_destinations(conn, default_bucket)
     for hour in hours:
         hour_offenders = []
-        for site, _, client_bucket, _, _, _ in manifest_rows(conn, hour):
-            for key in list_keys(client, client_bucket, hour_prefix(site, hour, prefixes.get(site, ""))):
+        places = client_locations(conn, hour)
+        for site, _, client_bucket, client_keys, _, _ in manifest_rows(conn, hour):
+            places.update((site, client_bucket, key.rsplit("/", 1)[0] + "/") for key in client_keys)
+            bucket, prefix = destinations.get(site, (client_bucket, ""))
+            places.add((site, bucket or client_bucket, hour_prefix(site, hour, prefix)))
+        for site, bucket, prefix in sorted(places):
+            for key in list_keys(client, bucket, prefix):
                 objects += 1
-                hour_offenders += _foreign_rows(client, client_bucket, key, site)
+                hour_offenders += _foreign_rows(client, bucket, key, site)
         mark_check(conn, hour, "tenants_verified_at", not hour_offenders)
         offenders += hour_offenders
     return objects, offenders
@@ -327,9 +340,10 @@ def verify_tenants(conn, client, hours: list[datetime]) -> tuple[int, list[str]]
     description="Every object under a client's prefix for the hour holds only that client's "
     "site_id (Parquet statistics of the site_id column, per row group).",
 )
-def no_cross_tenant_rows(context, postgres: PostgresResource, s3: S3Resource) -> dg.AssetCheckResult:
+def no_cross_tenant_rows(context, postgres: PostgresResource, s3: S3Resource,
+                         settings: PipelineSettings) -> dg.AssetCheckResult:
     with postgres.get_connection(autocommit=True) as conn:
-        objects, offenders = verify_tenants(conn, s3.get_client(), run_hours(context))
+        objects, offenders = verify_tenants(conn, s3.get_client(), run_hours(context), settings.client_bucket)
     return dg.AssetCheckResult(
         passed=not offenders,
         metadata={"objects_checked": objects,

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pipeline.assets.export import hourly_export
@@ -15,19 +16,22 @@ from pipeline.resources import PipelineSettings, PostgresResource
 # Dropping a partition needs a brief exclusive lock on events_log; never queue behind a long
 # query (and block the collector meanwhile): give up and try again next hour.
 LOCK_TIMEOUT = "5s"
+# Hours that are kept are only counted for the report: a busy one (an export reading it) is
+# reported as busy rather than waited for.
+COUNT_LOCK_TIMEOUT = "200ms"
 
 
 @dataclass(frozen=True)
 class HourVerdict:
     hour: datetime
     partition: str
-    rows: int
+    rows: int | None  # None: kept, and busy when counted
     purged: bool
     reason: str
 
 
 def _verdict_reason(hour, rows_in_db, ledger, cutoff, retention_hours) -> str | None:
-    """Why this hour must stay; None when it may be purged."""
+    """Why this hour must stay; None when it may be purged (rows_in_db None: not yet counted)."""
     if hour + timedelta(hours=1) > cutoff:
         return f"too young: inside the {retention_hours} h retention window"
     if ledger is None:
@@ -35,43 +39,63 @@ def _verdict_reason(hour, rows_in_db, ledger, cutoff, retention_hours) -> str | 
     exported_rows, verified_at = ledger
     if verified_at is None:
         return "export not verified: export_reconciles or no_cross_tenant_rows failed or has not run"
-    if rows_in_db != exported_rows:
+    if rows_in_db is not None and rows_in_db != exported_rows:
         return f"{rows_in_db} rows in PostgreSQL but {exported_rows} exported: re-export the hour"
     return None
+
+
+def _ledger(conn) -> dict:
+    return {hour: (rows, verified_at) for hour, rows, verified_at in conn.execute(
+        "SELECT ingest_hour, rows, verified_at FROM export_hours WHERE purged_at IS NULL")}
+
+
+def _count(conn, partition: str) -> int | None:
+    """Rows of a kept hour, or None when its partition is busy (e.g. being sealed or read)."""
+    try:
+        with conn.transaction():  # a savepoint: a lock timeout here fails only this count
+            return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(partition))).fetchone()[0]
+    except psycopg.errors.LockNotAvailable:
+        return None
 
 
 def apply_retention(conn: psycopg.Connection, now: datetime, retention_hours: int) -> list[HourVerdict]:
     """Drop every qualifying past hour's partition and mark it purged; report every past hour.
 
-    `conn` must be in autocommit mode. One transaction for the whole run: the old-enough
-    partitions are locked together (no row can slip in between the decision and the drop),
-    dropped with one statement and marked purged with one update: one commit, one WAL flush,
-    however many hours go, and all or nothing if a lock cannot be had.
+    `conn` must be in autocommit mode. One transaction for the whole run. Only the hours that
+    qualify by the ledger (old enough, exported, verified) are locked, together, so a backlog
+    hour being exported meanwhile cannot fail the run; what is decided after the locks cannot
+    change before the commit. They are dropped with one statement and marked purged with one
+    update: one commit, however many hours go, and all or nothing if a lock cannot be had.
     """
     cutoff = now - timedelta(hours=retention_hours)
     current_hour = now.replace(minute=0, second=0, microsecond=0)
     verdicts = []
     with conn.transaction():
-        conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         past = sorted((hour, name) for hour, name in hour_partitions(conn).items() if hour < current_hour)
-        old_enough = [name for hour, name in past if hour + timedelta(hours=1) <= cutoff]
-        if old_enough:
-            conn.execute("LOCK TABLE " + ", ".join(f'"{name}"' for name in old_enough)
-                         + " IN ACCESS EXCLUSIVE MODE")
-        # Read after the locks: what is decided below cannot change before the commit.
-        ledger = {hour: (rows, verified_at) for hour, rows, verified_at in conn.execute(
-            "SELECT ingest_hour, rows, verified_at FROM export_hours WHERE purged_at IS NULL")}
+        ledger = _ledger(conn)
+        droppable = {name for hour, name in past
+                     if _verdict_reason(hour, None, ledger.get(hour), cutoff, retention_hours) is None}
+        conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        if droppable:
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(map(sql.Identifier, sorted(droppable)))))
+            ledger = _ledger(conn)  # read again under the locks: a re-export may have un-verified
         sealed = sealed_partitions(conn)
+        conn.execute(f"SET LOCAL lock_timeout = '{COUNT_LOCK_TIMEOUT}'")
         for hour, name in past:
-            if name in sealed and hour in ledger:
+            if name in droppable and name in sealed and hour in ledger:
                 rows = ledger[hour][0]  # sealed: nothing was added after the export read it
             else:
-                rows = conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+                rows = _count(conn, name)
             reason = _verdict_reason(hour, rows, ledger.get(hour), cutoff, retention_hours)
-            verdicts.append(HourVerdict(hour, name, rows, reason is None, reason or "exported and verified"))
+            purge = reason is None and name in droppable and rows is not None
+            verdicts.append(HourVerdict(hour, name, rows, purge, "exported and verified" if purge
+                                        else reason or "busy: re-checked next run"))
         purged = [v for v in verdicts if v.purged]
         if purged:
-            conn.execute("DROP TABLE " + ", ".join(f'"{v.partition}"' for v in purged))
+            conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            conn.execute(sql.SQL("DROP TABLE {}").format(
+                sql.SQL(", ").join(sql.Identifier(v.partition) for v in purged)))
             conn.execute("UPDATE export_hours SET purged_at = now() WHERE ingest_hour = ANY(%s)",
                          ([v.hour for v in purged],))
     return verdicts
@@ -118,7 +142,8 @@ def retention_cleanup(context: dg.AssetExecutionContext, postgres: PostgresResou
                 "kept": {v.hour.isoformat(): v.reason for v in kept}}),),
         )
     table = ["| ingest hour (UTC) | rows | reason kept |", "|---|---:|---|"]
-    table += [f"| {v.hour:%Y-%m-%d %H}:00 | {v.rows} | {v.reason} |" for v in kept[:100]]
+    table += [f"| {v.hour:%Y-%m-%d %H}:00 | {'busy' if v.rows is None else v.rows} | {v.reason} |"
+              for v in kept[:100]]
     return dg.MaterializeResult(metadata={
         "hours_purged": len(purged),
         "rows_purged": sum(v.rows for v in purged),

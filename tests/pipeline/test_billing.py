@@ -112,6 +112,20 @@ def test_a_month_with_unexported_hours_is_refused_with_the_missing_hours(resourc
     assert db.execute("SELECT count(*) FROM billing_statements").fetchone()[0] == 0
 
 
+def test_a_month_with_unverified_hours_is_refused_with_those_hours(resources, db):
+    db.execute("""INSERT INTO export_hours (ingest_hour, rows, sites, files, bytes, exported_at,
+                      reconciled_at, tenants_verified_at)
+                  SELECT h, 0, 0, 0, 0, now(), now(),
+                         CASE WHEN h IN ('2026-09-03 07:00+00', '2026-09-03 08:00+00') THEN NULL ELSE now() END
+                  FROM generate_series(%s::timestamptz, %s::timestamptz, interval '1 hour') h""",
+               (SEP, OCT - timedelta(hours=1)))
+    result = _bill(resources, "2026-09-01")
+    assert not result.success
+    message = str(result.failure_data_for_node("monthly_billing").error)
+    assert "2 hours are exported but not verified: 2026-09-03 07:00..2026-09-03 08:00" in message
+    assert db.execute("SELECT count(*) FROM billing_statements").fetchone()[0] == 0
+
+
 def test_a_month_is_billable_only_once_its_last_hour_can_be_exported():
     nov, dec = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
     with pytest.raises(dg.Failure, match="bill it from 2026-12-01 01:05 UTC"):

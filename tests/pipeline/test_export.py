@@ -248,6 +248,41 @@ def test_cross_tenant_object_fails_the_check_and_unverifies_the_hour(resources, 
     assert db.execute("SELECT verified_at FROM export_hours").fetchone()[0] is None
 
 
+def test_the_tenant_check_covers_the_prefix_an_hour_was_written_under_after_a_prefix_change(
+        resources, db, s3, buckets):
+    from pipeline.assets.export import verify_tenants
+
+    hour = closed_hour(3)
+    db.execute("INSERT INTO sites (site_id, client_prefix) VALUES ('beta', 'old/')")
+    seed_events(db, hour, "beta", 5)
+    seed_events(db, hour, "gamma", 5)
+    assert check_results(materialize_export(resources, partition=partition_key(hour)))["no_cross_tenant_rows"]
+    db.execute("UPDATE sites SET client_prefix = 'new/' WHERE site_id = 'beta'")
+    gamma_key = f"site_id=gamma/date={hour:%Y-%m-%d}/hour={hour:%H}/part-00000.parquet"
+    stray = f"old/site_id=beta/date={hour:%Y-%m-%d}/hour={hour:%H}/part-00009.parquet"
+    s3.copy_object(Bucket=buckets["client"], Key=stray, CopySource={"Bucket": buckets["client"], "Key": gamma_key})
+    _, offenders = verify_tenants(db, s3, [hour], buckets["client"])
+    assert offenders == [f"s3://{buckets['client']}/{stray} row group 0: site_id gamma..gamma"]
+    assert db.execute("SELECT verified_at FROM export_hours").fetchone()[0] is None
+    # Re-exported under the new prefix, the hour leaves nothing at the old one: no duplicates.
+    assert all(check_results(materialize_export(resources, partition=partition_key(hour))).values())
+    assert not [k for k in objects(s3, buckets["client"]) if k.startswith("old/")]
+    assert [k for k in objects(s3, buckets["client"]) if k.startswith("new/")] == [
+        f"new/site_id=beta/date={hour:%Y-%m-%d}/hour={hour:%H}/part-00000.parquet"]
+
+
+def test_a_reexport_unverifies_the_hour_before_touching_any_object(resources, db, s3, buckets):
+    hour = closed_hour(3)
+    seed_events(db, hour, "beta", 6)
+    assert all(check_results(materialize_export(resources, partition=partition_key(hour))).values())
+    assert db.execute("SELECT verified_at FROM export_hours").fetchone()[0] is not None
+    # The re-export dies on its first upload (its backup bucket is missing).
+    broken = with_settings(resources, backup_bucket=f"{buckets['backup']}-missing", rows_per_file=2)
+    assert not materialize_export(broken, partition=partition_key(hour)).success
+    assert db.execute("SELECT verified_at FROM export_hours").fetchone()[0] is None
+    assert db.execute("SELECT count(*) FROM export_manifest WHERE verified_at IS NOT NULL").fetchone()[0] == 0
+
+
 def test_reconciliation_fails_when_an_object_lost_rows(resources, db, s3, buckets):
     from pipeline.assets.export import reconcile
 

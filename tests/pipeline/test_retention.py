@@ -84,6 +84,25 @@ def test_an_hour_being_exported_does_not_block_retention(db, database_url):
     assert not verdicts[young].purged and verdicts[young].reason.startswith("too young")
 
 
+def test_a_busy_backlog_hour_does_not_fail_retention(db, database_url):
+    # A long backfill is reading (or sealing) an old, not yet exported hour while retention runs.
+    now = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)
+    verified, backlog_read, backlog_sealing = (datetime(2026, 11, 19, h, tzinfo=UTC) for h in (1, 2, 3))
+    ensure_partitions(db, now=verified, hours_back=0, hours_ahead=36)
+    for hour in (verified, backlog_read, backlog_sealing):
+        seed_events(db, hour, "beta", 3)
+    db.execute("""INSERT INTO export_hours (ingest_hour, rows, sites, files, bytes, exported_at,
+                  reconciled_at, tenants_verified_at) VALUES (%s, 3, 1, 1, 1, now(), now(), now())""", (verified,))
+    with psycopg.connect(database_url) as reader, psycopg.connect(database_url) as sealer:
+        reader.execute(f"SELECT count(*) FROM events_log_{backlog_read:%Y%m%d_%H}")
+        sealer.execute(f"LOCK TABLE events_log_{backlog_sealing:%Y%m%d_%H} IN ACCESS EXCLUSIVE MODE")
+        verdicts = {v.hour: v for v in apply_retention(db, now, 24)}
+    assert verdicts[verified].purged
+    assert (verdicts[backlog_read].rows, verdicts[backlog_read].reason) == (3, "not exported")
+    assert (verdicts[backlog_sealing].rows, verdicts[backlog_sealing].reason) == (None, "not exported")
+    assert db.execute("SELECT count(*) FROM events_log").fetchone()[0] == 6
+
+
 # --- property: random ingest / export / failed export / cleanup never lose an unexported row ---
 
 HOURS = 3
