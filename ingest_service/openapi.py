@@ -1,77 +1,138 @@
-"""The collector's OpenAPI document, served at /openapi.json for client authors and tooling."""
+"""The collector's OpenAPI document, served at /openapi.json for client authors and tooling.
 
+Precise enough to fuzz against (tests/ingest_service/test_openapi_fuzz.py): every status each
+route can answer, with its content type and body schema.
+"""
+
+_SITE_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+            "description": "The tenant. May be left out when the page URL (url, the envelope's url "
+                           "or the Referer) has a valid host: shop.example.com -> shop-example-com."}
+_TEXT = {"type": "string", "maxLength": 2048}
 _EVENT = {
     "type": "object",
-    "required": ["eventType"],
+    "required": ["eventType", "siteId"],
     "additionalProperties": True,
-    "description": "Any other field is kept verbatim in raw_event_data.",
+    "description": "Any other field is kept verbatim in raw_event_data. Strings must not contain "
+                   "NUL (\\u0000) and nesting is limited to 32 levels: such events are rejected "
+                   "(400, dead-lettered).",
     "properties": {
-        "eventType": {"type": "string", "maxLength": 50},
-        "siteId": {"type": "string", "maxLength": 100,
-                   "description": "Derived from the page URL's host when absent."},
-        "sessionId": {"type": "string"},
-        "visitorId": {"type": "string"},
+        "eventType": {"type": "string", "minLength": 1, "maxLength": 50, "pattern": "^[A-Za-z0-9_.:-]+$"},
+        "siteId": _SITE_ID,
+        "sessionId": {**_TEXT, "description": "Stored up to 100 characters."},
+        "visitorId": {**_TEXT, "description": "Stored up to 100 characters."},
         "timestamp": {"oneOf": [{"type": "string", "format": "date-time"},
-                                {"type": "integer", "description": "epoch milliseconds"}]},
-        "url": {"type": "string"},
-        "path": {"type": "string"},
-        "userAgent": {"type": "string"},
+                                {"type": "integer", "description": "epoch milliseconds"}],
+                      "description": "Outside 1970..9999, or unparseable: the receive time."},
+        "url": {**_TEXT, "description": "Stored up to 2,048 characters."},
+        "path": {**_TEXT, "description": "Stored up to 500 characters."},
+        "userAgent": {**_TEXT, "description": "Stored up to 512 characters."},
+    },
+}
+_RESULT = {
+    "type": "object",
+    "required": ["accepted", "rejected"],
+    "properties": {
+        "accepted": {"type": "integer", "minimum": 0},
+        "rejected": {"type": "integer", "minimum": 0},
+        "errors": {"type": "array", "items": {
+            "type": "object", "required": ["index", "error", "detail"],
+            "properties": {"index": {"type": "integer"}, "error": {"type": "string"},
+                           "detail": {"type": "string"}}}},
     },
 }
 _ERROR = {
     "type": "object",
+    "required": ["error", "detail"],
     "properties": {"error": {"type": "string"}, "detail": {"type": "string"},
-                   "accepted": {"type": "integer"}, "rejected": {"type": "integer"}},
+                   "accepted": {"type": "integer"}, "rejected": {"type": "integer"},
+                   "errors": _RESULT["properties"]["errors"]},
 }
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait."}}
 _JSON_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _refusal(description: str, retry: bool = False) -> dict:
+    return {"description": description, **_JSON_ERROR, **({"headers": _RETRY_AFTER} if retry else {})}
+
+
+_LIMITED = _refusal("Over PIXELPIPE_RATE_LIMIT_PER_IP or _PER_SITE; nothing stored, retry later", True)
+_UNAVAILABLE = _refusal("Queue full or database unavailable; nothing stored, retry later", True)
+_PIXEL_PARAMETERS = [
+    {"name": name, "in": "query", "required": False, "schema": schema}
+    for name, schema in (("eventType", _EVENT["properties"]["eventType"]), ("siteId", _SITE_ID),
+                         ("url", _TEXT), ("sessionId", _TEXT), ("visitorId", _TEXT),
+                         ("timestamp", {"type": "string"}))
+]
+_TEXT_RESPONSE = {"content": {"text/plain": {"schema": {"type": "string"}}}}
 
 OPENAPI = {
     "openapi": "3.1.0",
     "info": {"title": "pixelpipe collector", "version": "1"},
     "paths": {
         "/i": {"get": {
-            "summary": "Tracking pixel: query parameters are one event.",
-            "responses": {"200": {"description": "1x1 transparent GIF, also for bad input",
-                                  "content": {"image/gif": {}}},
-                          "503": {"description": "Database unavailable; retry"}},
+            "summary": "Tracking pixel: the query parameters are one event (any other parameter "
+                       "is kept in raw_event_data).",
+            "parameters": _PIXEL_PARAMETERS,
+            "responses": {
+                "200": {"description": "1x1 transparent GIF, also for bad input (dead-lettered)",
+                        "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}}},
+                "414": _refusal("Request target over 8 KiB"),
+                "431": _refusal("Headers over 16 KiB"),
+                "429": _LIMITED,
+                "503": _UNAVAILABLE,
+            },
         }},
         "/collect": {"post": {
             "summary": "One event, an array of events, or a batch envelope.",
-            "requestBody": {"content": {
+            "description": "Content-Type application/json, or text/plain with a JSON body "
+                           "(navigator.sendBeacon). Content-Encoding gzip is accepted up to "
+                           "PIXELPIPE_MAX_BODY_BYTES inflated and 400x its size. Server-side "
+                           "senders may add Authorization: Bearer <write key>.",
+            "requestBody": {"required": True, "content": {
                 "application/json": {"schema": {"oneOf": [
                     {"$ref": "#/components/schemas/Event"},
-                    {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                    {"type": "array", "items": {"$ref": "#/components/schemas/Event"}, "maxItems": 1000},
                     {"$ref": "#/components/schemas/Batch"},
                 ]}},
-                "text/plain": {"schema": {"type": "string", "description": "JSON, as sendBeacon sends it"}},
             }},
             "responses": {
-                "200": {"description": "Accepted events are committed",
-                        "content": {"application/json": {"schema": {
-                            "type": "object",
-                            "properties": {"accepted": {"type": "integer"},
-                                           "rejected": {"type": "integer"},
-                                           "errors": {"type": "array"}}}}}},
-                "400": {"description": "Malformed or invalid input (dead-lettered)", **_JSON_ERROR},
-                "413": {"description": "Body or batch over its cap (dead-lettered)", **_JSON_ERROR},
-                "415": {"description": "Unsupported Content-Type or Content-Encoding", **_JSON_ERROR},
-                "503": {"description": "Queue full or database unavailable; nothing stored, retry",
-                        **_JSON_ERROR},
+                "200": {"description": "Every accepted event is committed; rejected ones are in the "
+                                       "dead letter and listed in errors",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
+                "400": _refusal("Malformed or invalid input (dead-lettered)"),
+                "401": _refusal("Authorization header without a valid write key (dead-lettered)"),
+                "413": _refusal("Body, batch or what it would store over its cap (dead-lettered)"),
+                "415": _refusal("Unsupported Content-Type or Content-Encoding (dead-lettered)"),
+                "414": _refusal("Request target over 8 KiB"),
+                "431": _refusal("Headers over 16 KiB"),
+                "429": _LIMITED,
+                "503": _UNAVAILABLE,
             },
         }},
-        "/t.js": {"get": {"summary": "The JS tracker", "responses": {"200": {"description": "script"}}}},
-        "/healthz": {"get": {"summary": "Process alive", "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Database reachable",
-                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+        "/t.js": {"get": {"summary": "The JS tracker", "responses": {
+            "200": {"description": "script", "content": {"application/javascript": {"schema": {"type": "string"}}}},
+            "304": {"description": "not modified (If-None-Match matched the ETag)"}}}},
+        "/healthz": {"get": {"summary": "Process alive", "responses": {
+            "200": {"description": "alive", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["status"], "properties": {"status": {"const": "alive"}}}}}}}}},
+        "/readyz": {"get": {"summary": "Database reachable (on PIXELPIPE_ADMIN_PORT when that is set)",
+                            "responses": {
+                                "200": {"description": "ready", "content": {"application/json": {"schema": {
+                                    "type": "object", "properties": {"status": {"const": "ready"}}}}}},
+                                "503": {"description": "not ready", "headers": _RETRY_AFTER,
+                                        "content": {"application/json": {"schema": {"type": "object"}}}},
+                                "404": {"description": "served on the admin port instead"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (on PIXELPIPE_ADMIN_PORT when that is set)",
+                             "responses": {"200": {"description": "text", **_TEXT_RESPONSE},
+                                           "404": {"description": "served on the admin port instead"}}}},
     },
     "components": {"schemas": {
         "Event": _EVENT,
         "Batch": {"type": "object", "required": ["eventType", "events"], "properties": {
             "eventType": {"const": "batch"},
-            "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
-            "siteId": {"type": "string"}, "sessionId": {"type": "string"},
-            "visitorId": {"type": "string"}}},
+            "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}, "maxItems": 1000},
+            "siteId": _SITE_ID, "sessionId": _TEXT, "visitorId": _TEXT, "url": _TEXT}},
+        "Result": _RESULT,
         "Error": _ERROR,
     }},
 }
