@@ -4,6 +4,7 @@ Also its two checks. Retention trusts an hour only when both passed.
 """
 
 
+import contextlib
 import tempfile
 import time
 from collections import defaultdict
@@ -11,8 +12,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import adbc_driver_manager.dbapi as adbc_errors
 import dagster as dg
 import psycopg
+from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.s3 import S3Resource
 
 from pipeline.assets.events_log import events_log
@@ -106,6 +109,29 @@ def seal_hour(conn, hour: datetime) -> None:
             description=f"Could not seal ingest hour {hour:%Y-%m-%d %H}:00 UTC within "
             f"{SEAL_LOCK_TIMEOUT}: a long transaction holds its partition. Nothing was written; "
             "look for long-running queries in pg_stat_activity and re-run the hour.") from None
+
+
+@contextlib.contextmanager
+def explained_failures(hour: datetime, s3_endpoint: str | None):
+    """An S3 or PostgreSQL failure half-way through an hour, as a Failure that says what
+    happened and what to do. Nothing is lost either way: the hour was un-verified before any
+    object was touched, and its ledger is written only after both copies are up."""
+    label = f"{hour:%Y-%m-%d %H}:00 UTC"
+    try:
+        yield
+    except (BotoCoreError, ClientError) as error:
+        raise dg.Failure(
+            description=f"S3 ({s3_endpoint or 'AWS'}) failed while exporting ingest hour {label}: "
+            f"{' '.join(str(error).split())[:300]}. The hour is not recorded as exported and not verified; "
+            "no acknowledged event is lost (they stay in PostgreSQL). Check that the S3 endpoint is up "
+            "(PIXELPIPE_S3_ENDPOINT), the credentials and the buckets, then re-run the hour: the "
+            "re-run replaces whatever this run uploaded.") from None
+    except (psycopg.OperationalError, adbc_errors.OperationalError, adbc_errors.InternalError) as error:
+        raise dg.Failure(
+            description=f"PostgreSQL failed while exporting ingest hour {label}: "
+            f"{' '.join(str(error).split())[:300]}. The hour is not recorded as exported and not "
+            "verified. Check that the database is up (DATABASE_URL), then re-run the hour: the "
+            "re-run replaces whatever this run uploaded.") from None
 
 
 def export_hour(conn, database_url: str, client, settings: PipelineSettings, hour: datetime,
@@ -204,8 +230,9 @@ def hourly_export(
             refuse_purged_hour(hour, state.purged_at if state else None, settings.retention_hours)
         for hour in hours:
             state = states[hour]
-            sites, stale = export_hour(conn, postgres.database_url, client, settings, hour,
-                                       state.rows if state else 0)
+            with explained_failures(hour, s3.endpoint_url):
+                sites, stale = export_hour(conn, postgres.database_url, client, settings, hour,
+                                           state.rows if state else 0)
             all_sites.extend(sites)
             stale_removed += stale
             rows = sum(s.rows for s in sites)
