@@ -9,8 +9,16 @@ import os
 
 import dagster as dg
 
+from pixelpipe.settings import Settings
+
 # A recent start keeps the partition count (and Dagster's UI) small.
 PARTITIONS_START = os.environ.get("PIXELPIPE_PARTITIONS_START", "2026-11-01-00:00")
+
+# A long backfill (30 days from the UI, or `pixelpipe backfill`) runs as many runs of at most
+# this many hours: each run is a process of its own, resumable on its own, and the `postgres`
+# pool bounds how many run at once. Each hour's ledger commits as soon as that hour is up.
+hourly_backfill_policy = dg.BackfillPolicy.multi_run(
+    max_partitions_per_run=max(1, Settings.from_env().backfill_hours_per_run))
 
 hourly_partitions = dg.HourlyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
 monthly_partitions = dg.MonthlyPartitionsDefinition(

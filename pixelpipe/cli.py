@@ -64,6 +64,23 @@ def cmd_site(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from pixelpipe.backfill import parse_hour, partition_keys, submit_backfill
+
+    keys = partition_keys(parse_hour(args.start, "--from"), parse_hour(args.end, "--to"),
+                          datetime.now(UTC), settings.export_grace_minutes)
+    dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
+    backfill_id = submit_backfill(dagster_url, keys)
+    print(backfill_id)  # stdout: the id alone, for scripts
+    per_run = max(1, settings.backfill_hours_per_run)
+    print(f"pixelpipe backfill: {len(keys)} hours of hourly_export submitted as backfill {backfill_id} "
+          f"(runs of at most {per_run} hours, PIXELPIPE_BACKFILL_HOURS_PER_RUN). Follow it at "
+          f"{dagster_url}/overview/backfills/{backfill_id}", file=sys.stderr)
+    return 0
+
+
 def _site_parser(sub) -> None:
     site = sub.add_parser("site", help="manage tenants: list, add, set, key")
     site.set_defaults(func=cmd_site)
@@ -104,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     collector.set_defaults(func=cmd_collector)
 
     _site_parser(sub)
+
+    backfill = sub.add_parser("backfill", help="submit a Dagster backfill of hourly_export to the running stack")
+    backfill.add_argument("--from", dest="start", required=True, metavar="HOUR", help="first ingest hour, e.g. 2026-11-24-00:00 (UTC)")
+    backfill.add_argument("--to", dest="end", required=True, metavar="HOUR", help="last ingest hour, inclusive")
+    backfill.set_defaults(func=cmd_backfill)
 
     up = sub.add_parser("up", help="run PostgreSQL, S3, the collector and Dagster locally")
     up.add_argument("--demo", action="store_true", help="serve /demo and generate traffic")

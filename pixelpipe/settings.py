@@ -102,6 +102,7 @@ class Settings:
     dagster_port: int = 3000
     export_grace_minutes: int = 5
     retention_hours: int = 24
+    backfill_hours_per_run: int = 24
     billing_rate_per_1000: Decimal = Decimal("0.01")
     alert_webhook_url: str = ""
 
@@ -147,6 +148,7 @@ class Settings:
             dagster_port=_int("PIXELPIPE_DAGSTER_PORT", 3000),
             export_grace_minutes=_int("PIXELPIPE_EXPORT_GRACE_MINUTES", 5),
             retention_hours=_int("PIXELPIPE_RETENTION_HOURS", 24),
+            backfill_hours_per_run=_int("PIXELPIPE_BACKFILL_HOURS_PER_RUN", 24),
             billing_rate_per_1000=billing_rate,
             alert_webhook_url=_str("PIXELPIPE_ALERT_WEBHOOK_URL"),
         )

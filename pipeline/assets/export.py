@@ -39,7 +39,7 @@ from pipeline.object_store import (
     read_parquet_metadata,
     upload_file,
 )
-from pipeline.partitions import hourly_partitions, run_hours
+from pipeline.partitions import hourly_backfill_policy, hourly_partitions, run_hours
 from pipeline.resources import PipelineSettings, PostgresResource
 
 
@@ -198,7 +198,7 @@ def export_hour(conn, database_url: str, client, settings: PipelineSettings, hou
 
 @dg.asset(
     partitions_def=hourly_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=hourly_backfill_policy,
     deps=[events_log],
     pool="postgres",
     kinds={"parquet", "s3"},

@@ -20,7 +20,13 @@ from pipeline.assets.retention import apply_retention
 from pixelpipe.embedded_postgres import EmbeddedPostgres
 from pixelpipe.migrations import apply_migrations
 from pixelpipe.process import free_port
-from tests.pipeline.conftest import closed_hour, materialize_export, partition_key, seed_events, with_settings
+from tests.pipeline.conftest import (
+    closed_hour,
+    materialize_export,
+    partition_key,
+    seed_events,
+    with_settings,
+)
 from tests.pipeline.test_export import check_results, db_rows, objects, read_rows
 
 pytestmark = pytest.mark.faults
