@@ -63,12 +63,21 @@ def ensure_partitions(
 ) -> list[tuple[str, int]]:
     """Create the hourly partitions from `hours_back` before now to `hours_ahead` after it.
 
+    One hour per statement: creating a partition locks events_log itself, and the collector's
+    inserts wait for that lock, so it is held for one partition at a time, never for 72.
     Returns (partition, rows moved out of the default partition) for each partition created.
     """
     now = now or datetime.now(UTC)
-    start = now - timedelta(hours=hours_back)
+    hour = (now - timedelta(hours=hours_back)).replace(minute=0, second=0, microsecond=0)
     end = now + timedelta(hours=hours_ahead)
-    rows = conn.execute(
-        "SELECT partition_name, moved_rows FROM events_log_ensure_partitions(%s, %s)", (start, end)
-    ).fetchall()
-    return [(name, moved) for name, moved in rows]
+    existing = {row[0] for row in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'events_log'::regclass")}
+    created = []
+    while hour < end:
+        if f"events_log_{hour:%Y%m%d_%H}" not in existing:
+            created += conn.execute(
+                "SELECT partition_name, moved_rows FROM events_log_ensure_partitions(%s, %s)",
+                (hour, hour + timedelta(hours=1))).fetchall()
+        hour += timedelta(hours=1)
+    return [(name, moved) for name, moved in created]

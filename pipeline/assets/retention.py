@@ -64,13 +64,15 @@ def apply_retention(conn: psycopg.Connection, now: datetime, retention_hours: in
     `conn` must be in autocommit mode. One transaction for the whole run. Only the hours that
     qualify by the ledger (old enough, exported, verified) are locked, together, so a backlog
     hour being exported meanwhile cannot fail the run; what is decided after the locks cannot
-    change before the commit. They are dropped with one statement and marked purged with one
-    update: one commit, however many hours go, and all or nothing if a lock cannot be had.
+    change before the commit. They are marked purged and dropped in one message that also
+    commits: dropping locks events_log itself, and the collector's inserts must not wait a
+    client round trip (or a busy client) for that lock to go. All or nothing.
     """
     cutoff = now - timedelta(hours=retention_hours)
     current_hour = now.replace(minute=0, second=0, microsecond=0)
     verdicts = []
-    with conn.transaction():
+    conn.execute("BEGIN")  # by hand: the last message below commits as it drops
+    try:
         past = sorted((hour, name) for hour, name in hour_partitions(conn).items() if hour < current_hour)
         ledger = _ledger(conn)
         droppable = {name for hour, name in past
@@ -92,12 +94,19 @@ def apply_retention(conn: psycopg.Connection, now: datetime, retention_hours: in
             verdicts.append(HourVerdict(hour, name, rows, purge, "exported and verified" if purge
                                         else reason or "busy: re-checked next run"))
         purged = [v for v in verdicts if v.purged]
+        conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         if purged:
-            conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-            conn.execute(sql.SQL("DROP TABLE {}").format(
+            # No parameters: psycopg sends the three statements as one simple-query message.
+            conn.execute(sql.SQL("UPDATE export_hours SET purged_at = now() WHERE ingest_hour = ANY({}); "
+                                 "DROP TABLE {}; COMMIT").format(
+                sql.Literal([v.hour for v in purged]),
                 sql.SQL(", ").join(sql.Identifier(v.partition) for v in purged)))
-            conn.execute("UPDATE export_hours SET purged_at = now() WHERE ingest_hour = ANY(%s)",
-                         ([v.hour for v in purged],))
+        else:
+            conn.execute("COMMIT")
+    except BaseException:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        raise
     return verdicts
 
 
