@@ -27,9 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psutil  # noqa: E402
 import psycopg  # noqa: E402
 
-from bench.abuse import _valid_traffic  # noqa: E402
+from bench.abuse import _valid_traffic, cpu_seconds, postgres_processes, tree  # noqa: E402
 from bench.ingest import serve  # noqa: E402
 from bench.servers import bench_s3_client  # noqa: E402
 from pipeline.assets.export import export_hour, reconcile, verify_tenants  # noqa: E402
@@ -135,7 +136,11 @@ def main() -> None:
                 worker = multiprocessing.Process(target=pipeline_work, args=(
                     url, endpoint, settings, backfill, old, held, args.pipeline_nice, stop, results))
                 worker.start()
+                watched = {"collector": tree(psutil.Process(collector.pid)), "postgres": postgres_processes(),
+                           "pipeline": [psutil.Process(worker.pid)], "load client": [psutil.Process()]}
+                cpu_before = {name: cpu_seconds(procs) for name, procs in watched.items()}
                 together = asyncio.run(_valid_traffic(port, args.rate, args.seconds))
+                cpu = {name: cpu_seconds(procs) - cpu_before[name] for name, procs in watched.items()}
                 report = results.get(timeout=600)
                 stop.set()
                 worker.join(60)
@@ -155,6 +160,8 @@ def main() -> None:
           f"({args.rows_per_hour:,} rows each) in {report.get('export_seconds', 0):.1f} s; "
           f"{report.get('hours_dropped', 0)} hours dropped by retention and maintenance in "
           f"{report.get('retention_maintenance_seconds', 0):.2f} s; one old hour held open by a slow reader")
+    print(f"CPU seconds while measured ({args.seconds:.0f} s on 2 cores = {2 * args.seconds:.0f}): "
+          + ", ".join(f"{name} {value:.1f}" for name, value in cpu.items()))
     print(f"inserts waiting > 100 ms on a lock (PostgreSQL's log_lock_waits): {len(waits)}")
     for line in waits[:5]:
         print("  " + line[:300])

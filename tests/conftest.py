@@ -72,6 +72,19 @@ def empty_database_url(postgres_server):
 
 
 @pytest.fixture
+def own_postgres(state_dir):
+    """A migrated PostgreSQL of this test's own, which the test may stop and start again:
+    (server, url)."""
+    server = EmbeddedPostgres(state_dir / f"own-{uuid.uuid4().hex[:8]}" / "data", free_port())
+    url = server.start()
+    try:
+        apply_migrations(url)
+        yield server, url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def db(database_url):
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn

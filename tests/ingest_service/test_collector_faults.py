@@ -9,10 +9,6 @@ import orjson
 import psycopg
 import pytest
 
-from pixelpipe.embedded_postgres import EmbeddedPostgres
-from pixelpipe.migrations import apply_migrations
-from pixelpipe.process import free_port
-
 pytestmark = pytest.mark.faults
 REQUEST_TIMEOUT = 15
 
@@ -96,35 +92,30 @@ def test_collector_sigkilled_under_load_keeps_every_acknowledged_event_exactly_o
     assert set(rows.values()) == {load.per_request}
 
 
-def test_postgres_stopped_under_load_answers_503_without_hanging_and_recovers(collector_process, state_dir):
-    server = EmbeddedPostgres(state_dir / f"fault-{free_port()}" / "data", free_port())
-    url = server.start()
-    try:
-        apply_migrations(url)
-        collector = collector_process(url)
+def test_postgres_stopped_under_load_answers_503_without_hanging_and_recovers(collector_process, own_postgres):
+    server, url = own_postgres
+    collector = collector_process(url)
 
-        async def scenario(load: Load):
-            task = asyncio.create_task(load.run())
-            await load.until(lambda: len(load.acknowledged()) >= 300)
-            await asyncio.to_thread(server.stop)
-            stopped_at = len(load.answers)
-            await load.until(lambda: load.count(503) >= 50)
-            during = load.answers[stopped_at:]
-            await asyncio.to_thread(server.start)
-            recovered_at = len(load.answers)
-            await load.until(lambda: any(s == 200 for _, s, _ in load.answers[recovered_at:]))
-            load.stop.set()
-            await task
-            return during
+    async def scenario(load: Load):
+        task = asyncio.create_task(load.run())
+        await load.until(lambda: len(load.acknowledged()) >= 300)
+        await asyncio.to_thread(server.stop)
+        stopped_at = len(load.answers)
+        await load.until(lambda: load.count(503) >= 50)
+        during = load.answers[stopped_at:]
+        await asyncio.to_thread(server.start)
+        recovered_at = len(load.answers)
+        await load.until(lambda: any(s == 200 for _, s, _ in load.answers[recovered_at:]))
+        load.stop.set()
+        await task
+        return during
 
-        load = Load(collector.url)
-        during = asyncio.run(scenario(load))
-        # While the database was down: 503 (never a 2xx), each within the request timeout.
-        assert {status for _, status, _ in during} <= {200, 503}  # 200: committed just before
-        assert load.count(-1) == 0 and max(seconds for *_, seconds in load.answers) < REQUEST_TIMEOUT
-        assert {s for _, s, _ in load.answers} <= {200, 503}
-        rows = stored(url)
-        assert all(rows.get(n) == load.per_request for n in load.acknowledged())
-        assert set(rows.values()) == {load.per_request}
-    finally:
-        server.stop()
+    load = Load(collector.url)
+    during = asyncio.run(scenario(load))
+    # While the database was down: 503 (never a 2xx), each within the request timeout.
+    assert {status for _, status, _ in during} <= {200, 503}  # 200: committed just before
+    assert load.count(-1) == 0 and max(seconds for *_, seconds in load.answers) < REQUEST_TIMEOUT
+    assert {s for _, s, _ in load.answers} <= {200, 503}
+    rows = stored(url)
+    assert all(rows.get(n) == load.per_request for n in load.acknowledged())
+    assert set(rows.values()) == {load.per_request}

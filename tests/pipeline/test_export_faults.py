@@ -17,9 +17,6 @@ import pytest
 from dagster_aws.s3 import S3Resource
 
 from pipeline.assets.retention import apply_retention
-from pixelpipe.embedded_postgres import EmbeddedPostgres
-from pixelpipe.migrations import apply_migrations
-from pixelpipe.process import free_port
 from tests.pipeline.conftest import (
     closed_hour,
     materialize_export,
@@ -126,20 +123,11 @@ def test_s3_cut_off_during_an_export(resources, db, s3, s3_server, buckets):
     assert_rerun_is_exact(resources, db, s3, buckets, hour, rows_per_file=40)
 
 
-@pytest.fixture
-def restartable_postgres(state_dir):
-    server = EmbeddedPostgres(state_dir / f"restart-{free_port()}" / "data", free_port())
-    url = server.start()
-    apply_migrations(url)
-    yield server, url
-    server.stop()
-
-
-def test_postgres_restarted_during_an_export(resources, s3, buckets, restartable_postgres):
+def test_postgres_restarted_during_an_export(resources, s3, buckets, own_postgres):
     from pipeline.resources import PostgresResource
     from pixelpipe.migrations import ensure_partitions
 
-    server, url = restartable_postgres
+    server, url = own_postgres
     hour = closed_hour(3)
     with psycopg.connect(url, autocommit=True) as db:
         ensure_partitions(db, now=datetime.now(UTC), hours_back=4)

@@ -48,7 +48,7 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 def test_daemon_killed_during_a_12_hour_backfill(state_dir, monkeypatch):
     home = state_dir / "backfill-home"
-    for name, value in (("PIXELPIPE_BACKFILL_HOURS_PER_RUN", "2"), ("PIXELPIPE_HOME", str(home)),
+    for name, value in (("PIXELPIPE_BACKFILL_HOURS_PER_RUN", "3"), ("PIXELPIPE_HOME", str(home)),
                         *((f"PIXELPIPE_{port}_PORT", str(free_port()))
                           for port in ("COLLECTOR", "DAGSTER", "POSTGRES", "S3"))):
         monkeypatch.setenv(name, value)  # the stack's child processes read the environment
@@ -73,7 +73,7 @@ def test_daemon_killed_during_a_12_hour_backfill(state_dir, monkeypatch):
             capture_output=True, text=True, timeout=120, cwd=REPO)
         assert submitted.returncode == 0, submitted.stderr
         backfill_id = submitted.stdout.strip()
-        assert "runs of at most 2 hours" in submitted.stderr
+        assert "runs of at most 3 hours" in submitted.stderr
 
         def exported() -> int:
             with psycopg.connect(url) as db:
