@@ -14,7 +14,7 @@ COPY workspace.yaml dagster.yaml ./
 # Editable, so the migrations in /app/sql are found beside the code.
 RUN pip install --no-cache-dir -e . \
     && mkdir -p "$DAGSTER_HOME" "$PIXELPIPE_HOME" \
-    && cp dagster.yaml "$DAGSTER_HOME/dagster.yaml" \
+    && python -c "from pixelpipe.stack import write_dagster_instance; write_dagster_instance('$DAGSTER_HOME')" \
     && useradd --system --home "$PIXELPIPE_HOME" pixelpipe \
     && chown -R pixelpipe "$DAGSTER_HOME" "$PIXELPIPE_HOME"
 USER pixelpipe

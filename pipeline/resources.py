@@ -10,20 +10,30 @@ import dagster as dg
 import psycopg
 from dagster_aws.s3 import S3Resource
 
+from pixelpipe.database import resolve_database_url
+from pixelpipe.errors import PixelpipeError
+from pixelpipe.s3 import local_s3, s3_client
 from pixelpipe.settings import Settings
 
 _DEFAULTS = Settings()
 
 
 class PostgresResource(dg.ConfigurableResource):
-    """The events database (events_log and the export ledger)."""
+    """The events database (events_log and the export ledger). Empty `database_url`: the local
+    stack of `pixelpipe up`, found at run time (so no password shows in the UI)."""
 
-    database_url: str
+    database_url: str = ""
+
+    def url(self) -> str:
+        try:
+            return self.database_url or resolve_database_url(Settings.from_env())
+        except PixelpipeError as error:
+            raise dg.Failure(description=str(error)) from None
 
     @contextlib.contextmanager
     def get_connection(self, autocommit: bool = False) -> Iterator[psycopg.Connection]:
         try:
-            conn = psycopg.connect(self.database_url, autocommit=autocommit, connect_timeout=10)
+            conn = psycopg.connect(self.url(), autocommit=autocommit, connect_timeout=10)
         except psycopg.OperationalError as error:
             raise dg.Failure(
                 description="Cannot connect to PostgreSQL: check DATABASE_URL and that the "
@@ -46,6 +56,19 @@ class PipelineSettings(dg.ConfigurableResource):
     alert_webhook_url: str = _DEFAULTS.alert_webhook_url
 
 
+class PixelpipeS3Resource(S3Resource):
+    """S3 as configured; with no endpoint and no keys, the local stack's embedded S3 when
+    `pixelpipe up` runs one for this PIXELPIPE_HOME (else AWS's usual credential chain)."""
+
+    def get_client(self):
+        if not self.endpoint_url and not self.aws_access_key_id:
+            settings = Settings.from_env()
+            local = local_s3(settings.home, settings.s3_port)
+            if local is not None:
+                return s3_client(*local, settings.aws_region)
+        return super().get_client()
+
+
 def _optional(name: str):
     """EnvVar when the variable is set (resolved at run time), else None (e.g. AWS roles)."""
     return dg.EnvVar(name) if os.environ.get(name) else None
@@ -55,8 +78,8 @@ def resources_from_env() -> dict:
     """The resources the Definitions use, read from the same variables as the rest of pixelpipe."""
     settings = Settings.from_env()
     return {
-        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
-        "s3": S3Resource(
+        "postgres": PostgresResource(database_url=_optional("DATABASE_URL") or ""),
+        "s3": PixelpipeS3Resource(
             endpoint_url=_optional("PIXELPIPE_S3_ENDPOINT"),
             aws_access_key_id=_optional("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=_optional("AWS_SECRET_ACCESS_KEY"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -12,6 +13,28 @@ from psycopg.conninfo import conninfo_to_dict
 from pixelpipe.embedded_postgres import EmbeddedPostgres
 from pixelpipe.errors import PixelpipeError
 from pixelpipe.settings import Settings
+
+
+def local_database_url(settings: Settings) -> str | None:
+    """The embedded PostgreSQL that `pixelpipe up` runs for this PIXELPIPE_HOME, found the way
+    it lays it out (its generated password in <home>/postgres/password, 127.0.0.1 on
+    PIXELPIPE_POSTGRES_PORT), or None when there is none. Lets `dagster dev` and `dagster asset
+    materialize` work beside `pixelpipe up` with no environment set."""
+    password_file = settings.home / "postgres" / "password"
+    if settings.database_url or not password_file.exists():
+        return None
+    password = quote(password_file.read_text().strip(), safe="")
+    return f"postgresql://postgres:{password}@127.0.0.1:{settings.postgres_port}/pixelpipe"
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """DATABASE_URL, else the local stack's; a one-line PixelpipeError naming the fix otherwise."""
+    url = settings.database_url or local_database_url(settings)
+    if not url:
+        raise PixelpipeError(
+            f"No database: DATABASE_URL is not set and there is no local stack in {settings.home} "
+            "(PIXELPIPE_HOME). Start one with `pixelpipe up`, or set DATABASE_URL.")
+    return url
 
 
 def redact_password(url: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -36,3 +39,13 @@ def ensure_buckets(client, buckets: list[str]) -> list[str]:
             client.create_bucket(Bucket=bucket)
             created.append(bucket)
     return created
+
+
+def local_s3(home: Path, port: int) -> tuple[str, str, str] | None:
+    """(endpoint, access key, secret key) of the embedded S3 that `pixelpipe up` runs for this
+    PIXELPIPE_HOME (its service keys in <home>/s3/credentials.json), or None when there is none."""
+    credentials = home / "s3" / "credentials.json"
+    if not credentials.exists():
+        return None
+    keys = json.loads(credentials.read_text())
+    return f"http://127.0.0.1:{port}", keys["access_key"], keys["secret_key"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -36,6 +35,19 @@ def http_ok(url: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def write_dagster_instance(dagster_home: Path) -> Path:
+    """$DAGSTER_HOME/dagster.yaml: the repository's dagster.yaml plus Dagster's storage in the
+    events database (read from PIXELPIPE_DAGSTER_STORAGE_URL when Dagster starts)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    config["storage"] = {"postgres": {"postgres_url": {"env": "PIXELPIPE_DAGSTER_STORAGE_URL"}}}
+    target = Path(dagster_home) / "dagster.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
 
 
 def dagster_storage_url(database_url: str) -> str:
@@ -68,8 +80,7 @@ class Stack:
         s3_endpoint, key, secret = self._start_s3()
         self._prepare(database_url, s3_endpoint, key, secret)
         dagster_home = self.home / "dagster"
-        dagster_home.mkdir(exist_ok=True)
-        shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+        write_dagster_instance(dagster_home)
         self.env = {
             **os.environ,
             "DATABASE_URL": database_url,

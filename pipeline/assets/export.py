@@ -231,7 +231,7 @@ def hourly_export(
         for hour in hours:
             state = states[hour]
             with explained_failures(hour, s3.endpoint_url):
-                sites, stale = export_hour(conn, postgres.database_url, client, settings, hour,
+                sites, stale = export_hour(conn, postgres.url(), client, settings, hour,
                                            state.rows if state else 0)
             all_sites.extend(sites)
             stale_removed += stale
