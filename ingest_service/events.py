@@ -25,8 +25,8 @@ PATH_MAX = 500
 URL_MAX = 2048
 USER_AGENT_MAX = 512
 ACCEPTED_CONTENT_TYPES = ("application/json", "text/plain")
-# A gzip body may inflate to at most this many times its size: real batches compress 5-20x
-# (1,000 identical tiny events: ~200x); a deflate bomb ~1000x. Checked after the first 64 KiB.
+# A gzip body may inflate to at most this many times its size: far more than real batches
+# compress, far less than a deflate bomb (ratios in docs/benchmarks.md). Checked after 64 KiB.
 MAX_GZIP_RATIO = 400
 _INFLATE_STEP = 64 * 1024
 # Always used with fullmatch: `$` would let a trailing newline through.
@@ -118,6 +118,24 @@ def decode_body(body: bytes, content_type: str | None, content_encoding: str | N
     return inflated
 
 
+# orjson refuses documents nesting deeper than this (its own recursion limit).
+ORJSON_MAX_DEPTH = 1024
+_JSON_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def nesting_depth(payload: bytes) -> int:
+    """How deep a (possibly invalid) JSON text nests, strings skipped: why orjson refused it is
+    read from the text, not from its error message. Only called for a body orjson refused."""
+    if payload.count(b"[") + payload.count(b"{") <= ORJSON_MAX_DEPTH:
+        return 0
+    depth = deepest = 0
+    for byte in _JSON_STRINGS.sub(b"", payload).translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def parse_events(payload: bytes, limits: Limits) -> tuple[list, dict]:
     """JSON body -> (candidate events, envelope defaults).
 
@@ -127,7 +145,7 @@ def parse_events(payload: bytes, limits: Limits) -> tuple[list, dict]:
     try:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError as error:
-        if "depth limit" in str(error) or "recursion" in str(error):
+        if nesting_depth(payload) > ORJSON_MAX_DEPTH:
             raise BodyRejected(400, "too_deep",
                                f"The JSON nests deeper than {MAX_DEPTH} levels.") from None
         raise BodyRejected(400, "malformed_json", f"The body is not valid JSON: {error}.") from None

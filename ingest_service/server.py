@@ -28,7 +28,7 @@ def app_from_env():
     app = create_app(Settings.from_env(), os.environ["DATABASE_URL"], extra_routes)
     # Every request allocates a few short-lived objects; the default GC thresholds then run
     # full collections over everything imported at start-up, and those pauses were the pixel's
-    # p99 (30-41 ms -> 15-17 ms at the same throughput, 2 workers, 64 connections).
+    # p99 (measured in docs/benchmarks.md).
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     return app

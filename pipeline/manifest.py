@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg
+from psycopg import sql
 
 
 @dataclass
@@ -129,9 +130,8 @@ def mark_check(conn: psycopg.Connection, hour: datetime, column: str, passed: bo
     assert column in ("reconciled_at", "tenants_verified_at")
     with conn.transaction():
         conn.execute(
-            f"UPDATE export_hours SET {column} = CASE WHEN %s THEN now() END WHERE ingest_hour = %s",
-            (passed, hour),
-        )
+            sql.SQL("UPDATE export_hours SET {} = CASE WHEN %s THEN now() END WHERE ingest_hour = %s")
+            .format(sql.Identifier(column)), (passed, hour))
         if column == "reconciled_at":
             conn.execute(
                 "UPDATE export_manifest SET verified_at = CASE WHEN %s THEN now() END "

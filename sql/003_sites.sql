@@ -1,5 +1,5 @@
 -- sites: one row per tenant. The hourly export upserts a row the first time it sees a site
--- (the seed's automatic domain discovery). client_bucket NULL means the default client bucket
+-- (the original design's automatic domain discovery, docs/architecture.md). client_bucket NULL means the default client bucket
 -- (PIXELPIPE_CLIENT_BUCKET); client_prefix is prepended to the hive-style keys.
 CREATE TABLE IF NOT EXISTS sites (
     site_id        VARCHAR(100) PRIMARY KEY,

@@ -1,4 +1,4 @@
--- Views that answer the seed's monitoring questions from the manifest and the partitions.
+-- Views that answer the original design's monitoring questions (docs/operations.md) from the manifest and the partitions.
 -- They count rows still in events_log, i.e. a scan of the live buffer (about a day of data).
 
 -- export_status_by_hour: per ingest hour, rows still in the database, rows exported, and the

@@ -1,10 +1,11 @@
 """db_maintenance: partitions ahead, strays out of the default partition, fresh statistics,
-and the seed's weekly REINDEX where an index is bloated. It logs to maintenance_log, never to
+and the original design's weekly REINDEX (docs/architecture.md) where an index is bloated. It logs to maintenance_log, never to
 events_log (a row there would be exported to a client and billed)."""
 
 from datetime import UTC, datetime
 
 import dagster as dg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pipeline.event_partitions import hour_partitions, hours_in_default_partition
@@ -35,14 +36,15 @@ def reindex_bloated(conn) -> list[str]:
     """REINDEX CONCURRENTLY the events_log indexes that are far larger than their entries."""
     rebuilt = []
     for index, size, tuples in conn.execute(
-        """SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid), c.reltuples
+        """SELECT ic.relname, pg_relation_size(i.indexrelid), c.reltuples
            FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+           JOIN pg_class ic ON ic.oid = i.indexrelid
            JOIN pg_inherits h ON h.inhrelid = i.indrelid
            WHERE h.inhparent = 'events_log'::regclass"""
     ).fetchall():
         needed = max(tuples, 0) * INDEX_ENTRY_BYTES
         if size > BLOAT_MIN_BYTES and size > BLOAT_FACTOR * needed:
-            conn.execute(f"REINDEX INDEX CONCURRENTLY {index}")
+            conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(index)))
             rebuilt.append(index)
     return rebuilt
 
