@@ -36,11 +36,11 @@ from bench.servers import bench_s3_client  # noqa: E402
 from pipeline.assets.export import export_hour, reconcile, verify_tenants  # noqa: E402
 from pipeline.assets.retention import apply_retention  # noqa: E402
 from pipeline.resources import PipelineSettings  # noqa: E402
+from pixelpipe.core.migrations import apply_migrations, ensure_partitions  # noqa: E402
+from pixelpipe.core.s3 import ensure_buckets  # noqa: E402
 from pixelpipe.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from pixelpipe.embedded_s3 import EmbeddedS3  # noqa: E402
-from pixelpipe.migrations import apply_migrations, ensure_partitions  # noqa: E402
 from pixelpipe.process import free_port  # noqa: E402
-from pixelpipe.s3 import ensure_buckets  # noqa: E402
 
 
 def seed_hours(url: str, hours: list[datetime], rows: int) -> None:

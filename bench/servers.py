@@ -12,11 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pixelpipe.core.migrations import apply_migrations  # noqa: E402
+from pixelpipe.core.s3 import s3_client  # noqa: E402
 from pixelpipe.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from pixelpipe.embedded_s3 import EmbeddedS3  # noqa: E402
-from pixelpipe.migrations import apply_migrations  # noqa: E402
 from pixelpipe.process import free_port  # noqa: E402
-from pixelpipe.s3 import s3_client  # noqa: E402
 
 
 @contextlib.contextmanager

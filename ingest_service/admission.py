@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import psycopg
 
 from ingest_service.events import EventRejected, page_host
-from pixelpipe.sites import write_key_hash
+from pixelpipe.core.sites import write_key_hash
 
 SITES_REFRESH_SECONDS = 10
 # An unknown key refreshes the cache at most this often, so a key `pixelpipe site key` just

@@ -47,7 +47,7 @@ from ingest_service.events import (
 from ingest_service.metrics import CollectorMetrics
 from ingest_service.openapi import OPENAPI
 from ingest_service.writer import EventWriter, Overloaded, Unavailable
-from pixelpipe.settings import Settings
+from pixelpipe.core.settings import Settings
 
 # A 1x1 transparent GIF.
 PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")

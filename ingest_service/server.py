@@ -1,4 +1,6 @@
-"""Serve the collector with uvicorn, against DATABASE_URL or the embedded PostgreSQL."""
+"""The collector's uvicorn factory: each worker process builds its app from the environment.
+
+Starting uvicorn, and choosing the database, is the command line's job (pixelpipe/collector.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +8,7 @@ import gc
 import os
 from pathlib import Path
 
-import uvicorn
-
-from pixelpipe.database import database_url
-from pixelpipe.migrations import migrate
-from pixelpipe.process import exit_on_sigterm
-from pixelpipe.settings import Settings
+from pixelpipe.core.settings import Settings
 
 
 def app_from_env():
@@ -32,26 +29,3 @@ def app_from_env():
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     return app
-
-
-def serve(settings: Settings, host: str | None = None, port: int | None = None,
-          workers: int | None = None) -> int:
-    exit_on_sigterm()
-    with database_url(settings) as url:
-        migrate(url)  # idempotent and locked; partitions ahead so no insert hits the default
-        os.environ["DATABASE_URL"] = url  # the worker processes read it
-        uvicorn.run(
-            "ingest_service.server:app_from_env",
-            factory=True,
-            host=host or settings.collector_host,
-            port=port or settings.collector_port,
-            workers=workers or settings.collector_workers,
-            access_log=False,
-            # The client address comes from our own rule (PIXELPIPE_TRUSTED_PROXIES, one rule
-            # for every route); uvicorn's would trust X-Forwarded-For from loopback by default.
-            proxy_headers=False,
-            http="ingest_service.http_limits:BoundedHttpToolsProtocol",
-            log_level="info",
-            timeout_graceful_shutdown=30,
-        )
-    return 0

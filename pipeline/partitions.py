@@ -9,7 +9,7 @@ import os
 
 import dagster as dg
 
-from pixelpipe.settings import Settings
+from pixelpipe.core.settings import Settings
 
 # A recent start keeps the partition count (and Dagster's UI) small.
 PARTITIONS_START = os.environ.get("PIXELPIPE_PARTITIONS_START", "2026-11-01-00:00")

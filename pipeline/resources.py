@@ -10,10 +10,10 @@ import dagster as dg
 import psycopg
 from dagster_aws.s3 import S3Resource
 
-from pixelpipe.database import resolve_database_url
-from pixelpipe.errors import PixelpipeError
-from pixelpipe.s3 import local_s3, s3_client
-from pixelpipe.settings import Settings
+from pixelpipe.core.database import resolve_database_url
+from pixelpipe.core.errors import PixelpipeError
+from pixelpipe.core.s3 import local_s3, s3_client
+from pixelpipe.core.settings import Settings
 
 _DEFAULTS = Settings()
 

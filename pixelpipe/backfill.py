@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
-from pixelpipe.errors import PixelpipeError
+from pixelpipe.core.errors import PixelpipeError
 
 _FORMATS = ("%Y-%m-%d-%H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H", "%Y-%m-%d %H:%M", "%Y-%m-%d-%H")
 _LAUNCH = """

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pixelpipe.errors import PixelpipeError
-from pixelpipe.settings import Settings
+from pixelpipe.core.errors import PixelpipeError
+from pixelpipe.core.settings import Settings
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from pixelpipe.database import database_url
-    from pixelpipe.migrations import migrate
+    from pixelpipe.core.migrations import migrate
+    from pixelpipe.embedded_postgres import database_url
 
     with database_url(settings) as url:
         applied, created = migrate(url)
@@ -21,7 +21,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_collector(settings: Settings, args: argparse.Namespace) -> int:
-    from ingest_service.server import serve
+    from pixelpipe.collector import serve
 
     return serve(settings, host=args.host, port=args.port, workers=args.workers)
 
@@ -35,9 +35,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_site(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg
 
-    from pixelpipe import sites
-    from pixelpipe.database import database_url
-    from pixelpipe.migrations import apply_migrations
+    from pixelpipe.core import sites
+    from pixelpipe.core.migrations import apply_migrations
+    from pixelpipe.embedded_postgres import database_url
 
     with database_url(settings) as url:
         apply_migrations(url)

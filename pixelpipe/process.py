@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pixelpipe.errors import PixelpipeError
+from pixelpipe.core.errors import PixelpipeError
 
 
 def exit_on_sigterm() -> None:

@@ -17,14 +17,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pixelpipe.database import database_url as pixelpipe_database_url
-from pixelpipe.database import redact_password
+from pixelpipe.core.database import redact_password
+from pixelpipe.core.errors import PixelpipeError
+from pixelpipe.core.migrations import migrate
+from pixelpipe.core.s3 import ensure_buckets, s3_client
+from pixelpipe.core.settings import Settings
+from pixelpipe.embedded_postgres import database_url as pixelpipe_database_url
 from pixelpipe.embedded_s3 import EmbeddedS3
-from pixelpipe.errors import PixelpipeError
-from pixelpipe.migrations import migrate
 from pixelpipe.process import ManagedProcess, exit_on_sigterm, require_free_port
-from pixelpipe.s3 import ensure_buckets, s3_client
-from pixelpipe.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -19,11 +19,11 @@ from pathlib import Path  # noqa: E402
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
 
+from pixelpipe.core.migrations import apply_migrations  # noqa: E402
+from pixelpipe.core.s3 import ensure_buckets, s3_client  # noqa: E402
 from pixelpipe.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from pixelpipe.embedded_s3 import EmbeddedS3  # noqa: E402
-from pixelpipe.migrations import apply_migrations  # noqa: E402
 from pixelpipe.process import free_port  # noqa: E402
-from pixelpipe.s3 import ensure_buckets, s3_client  # noqa: E402
 
 TEMPLATE_DB = "pixelpipe_template"
 _db_counter = itertools.count()

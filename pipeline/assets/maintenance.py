@@ -10,7 +10,7 @@ from psycopg.types.json import Jsonb
 
 from pipeline.event_partitions import hour_partitions, hours_in_default_partition
 from pipeline.resources import PostgresResource
-from pixelpipe.migrations import PARTITIONS_AHEAD_HOURS, ensure_partitions
+from pixelpipe.core.migrations import PARTITIONS_AHEAD_HOURS, ensure_partitions
 
 # An index is rebuilt when it is this many times larger than its entries need, and big
 # enough to matter.

@@ -14,8 +14,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from ingest_service.app import create_app
+from pixelpipe.core.settings import Settings
 from pixelpipe.process import free_port
-from pixelpipe.settings import Settings
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import orjson
 import psycopg
 import pytest
 
+from pixelpipe.core.migrations import apply_migrations
 from pixelpipe.embedded_postgres import EmbeddedPostgres
-from pixelpipe.migrations import apply_migrations
 from pixelpipe.process import free_port
 
 

@@ -23,8 +23,8 @@ from ingest_service.app import STORE_BUDGET_FIXED, STORE_BUDGET_PER_ROW, create_
 from ingest_service.events import USER_AGENT_MAX
 from ingest_service.metrics import CollectorMetrics
 from ingest_service.writer import EventWriter
+from pixelpipe.core.settings import Settings
 from pixelpipe.process import free_port
-from pixelpipe.settings import Settings
 from tests.ingest_service.conftest import make_client
 
 

@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pixelpipe.backfill import backfill_status
-from pixelpipe.migrations import ensure_partitions
+from pixelpipe.core.migrations import ensure_partitions
+from pixelpipe.core.s3 import s3_client
+from pixelpipe.core.settings import Settings
 from pixelpipe.process import free_port
-from pixelpipe.s3 import s3_client
-from pixelpipe.settings import Settings
 from pixelpipe.stack import Stack
 from tests.pipeline.conftest import seed_events
 

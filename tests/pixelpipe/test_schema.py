@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from pixelpipe.migrations import apply_migrations, ensure_partitions
+from pixelpipe.core.migrations import apply_migrations, ensure_partitions
 
 
 def _insert(db, created_at, site="shop-example-com"):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from pixelpipe.errors import PixelpipeError
+from pixelpipe.core.errors import PixelpipeError
 
 
 def _int(name: str, default: int) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from pixelpipe.errors import PixelpipeError
+from pixelpipe.core.errors import PixelpipeError
 
 # The collector's rule for a siteId (ingest_service.events.SITE_ID), for operator input.
 _SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

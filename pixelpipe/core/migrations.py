@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 _LOCK_KEY = 0x706978656C  # "pixel"
 
 # The collector should never write into the default partition: keep this many hours ready.

@@ -1,18 +1,16 @@
-"""Which PostgreSQL pixelpipe talks to: DATABASE_URL when set, else the embedded one."""
+"""Which PostgreSQL pixelpipe talks to: DATABASE_URL when set, else the local stack's; reachability
+checks and messages that never show a password."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from pixelpipe.embedded_postgres import EmbeddedPostgres
-from pixelpipe.errors import PixelpipeError
-from pixelpipe.settings import Settings
+from pixelpipe.core.errors import PixelpipeError
+from pixelpipe.core.settings import Settings
 
 
 def local_database_url(settings: Settings) -> str | None:
@@ -69,18 +67,3 @@ def check_reachable(url: str, timeout: int = 5) -> None:
             "Check that the server is up and that DATABASE_URL points at it, "
             "or unset DATABASE_URL to use the embedded PostgreSQL."
         ) from None
-
-
-@contextlib.contextmanager
-def database_url(settings: Settings) -> Iterator[str]:
-    """Yield a reachable database URL, starting (and finally stopping) the embedded server
-    when DATABASE_URL is unset."""
-    if settings.database_url:
-        check_reachable(settings.database_url)
-        yield settings.database_url
-        return
-    server = EmbeddedPostgres(settings.home / "postgres" / "data", settings.postgres_port)
-    try:
-        yield server.start()
-    finally:
-        server.stop()

@@ -1,0 +1,26 @@
+"""The three floors (docs/architecture.md), enforced: import-linter's contracts in pyproject."""
+
+import pkgutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pixelpipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_import_goes_downward():
+    result = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 kept, 0 broken" in result.stdout
+
+
+def test_every_top_floor_module_is_forbidden_to_the_floors_below():
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    forbidden_to_services = set(contracts[1]["forbidden_modules"])
+    top_floor = {f"pixelpipe.{m.name}" for m in pkgutil.iter_modules(pixelpipe.__path__) if m.name != "core"}
+    assert top_floor == forbidden_to_services
+    assert top_floor <= set(contracts[0]["forbidden_modules"])
