@@ -36,7 +36,7 @@ import psycopg  # noqa: E402
 
 from bench.ingest import serve, settle  # noqa: E402
 from bench.servers import benchmark_servers  # noqa: E402
-from pixelpipe.core.migrations import ensure_partitions  # noqa: E402
+from pixelpipe.core.events_log import ensure_partitions  # noqa: E402
 from pixelpipe.process import free_port  # noqa: E402
 
 VALID_ADDRESSES = [f"127.1.{n // 200}.{n % 200 + 1}" for n in range(256)]

@@ -36,7 +36,8 @@ from bench.servers import bench_s3_client  # noqa: E402
 from pipeline.assets.export import export_hour, reconcile, verify_tenants  # noqa: E402
 from pipeline.assets.retention import apply_retention  # noqa: E402
 from pipeline.resources import PipelineSettings  # noqa: E402
-from pixelpipe.core.migrations import apply_migrations, ensure_partitions  # noqa: E402
+from pixelpipe.core.events_log import ensure_partitions
+from pixelpipe.core.migrations import apply_migrations  # noqa: E402
 from pixelpipe.core.s3 import ensure_buckets  # noqa: E402
 from pixelpipe.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from pixelpipe.embedded_s3 import EmbeddedS3  # noqa: E402

@@ -35,7 +35,7 @@ SELECT = """SELECT id, event_id::text AS event_id, event_type, session_id, visit
 def seed(database_url: str, rows: int, sites: int) -> None:
     import psycopg
 
-    from pixelpipe.core.migrations import ensure_partitions
+    from pixelpipe.core.events_log import ensure_partitions
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         ensure_partitions(conn, now=HOUR, hours_back=0, hours_ahead=1)

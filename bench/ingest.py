@@ -30,8 +30,8 @@ import psycopg  # noqa: E402
 
 from bench.servers import benchmark_servers  # noqa: E402
 from ingest_service.events import EVENT_COLUMNS, RequestContext, event_row  # noqa: E402
-from ingest_service.writer import _COPY_EVENTS  # noqa: E402
-from pixelpipe.core.migrations import ensure_partitions  # noqa: E402
+from pixelpipe.core.events_log import COPY_EVENTS as _COPY_EVENTS  # noqa: E402
+from pixelpipe.core.events_log import ensure_partitions  # noqa: E402
 from pixelpipe.process import free_port  # noqa: E402
 
 BARE_APP = '''

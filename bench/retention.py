@@ -26,7 +26,7 @@ import psycopg  # noqa: E402
 
 from bench.servers import benchmark_servers  # noqa: E402
 from pipeline.assets.retention import apply_retention  # noqa: E402
-from pixelpipe.core.migrations import ensure_partitions  # noqa: E402
+from pixelpipe.core.events_log import ensure_partitions  # noqa: E402
 
 SEED_TABLE = """
 CREATE TABLE seed_events_log (

@@ -22,8 +22,8 @@ import psycopg  # noqa: E402
 
 from bench.ingest import rows  # noqa: E402
 from bench.servers import benchmark_servers  # noqa: E402
-from ingest_service.writer import _COPY_EVENTS  # noqa: E402
-from pixelpipe.core.migrations import ensure_partitions  # noqa: E402
+from pixelpipe.core.events_log import COPY_EVENTS as _COPY_EVENTS  # noqa: E402
+from pixelpipe.core.events_log import ensure_partitions  # noqa: E402
 
 GIN = ["CREATE INDEX bench_gin ON events_log USING gin (raw_event_data)"]
 SEED = GIN + [

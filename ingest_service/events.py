@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from pixelpipe.core.events_log import EVENT_COLUMNS  # noqa: F401 - the row layout event_row builds
+
 MAX_DEPTH = 32
 EVENT_TYPE_MAX = 50
 ID_MAX = 100
@@ -36,11 +38,6 @@ _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 
-# The columns the collector writes, in COPY order.
-EVENT_COLUMNS = (
-    "event_type", "session_id", "visitor_id", "site_id", "timestamp",
-    "url", "path", "user_agent", "ip_address", "raw_event_data",
-)
 
 
 class BodyRejected(Exception):

@@ -23,20 +23,15 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from ingest_service.events import EVENT_COLUMNS
 from ingest_service.metrics import CollectorMetrics
+from pixelpipe.core.events_log import COPY_EVENTS, copy_statement
 
 REJECT_COLUMNS = ("reason", "endpoint", "content_type", "client_ip", "body_size", "raw_body",
                   "body_sha256")
 
 
-def _copy_statement(table: str, columns: tuple[str, ...]) -> sql.Composed:
-    return sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
-
-
-_COPY_EVENTS = _copy_statement("events_log", EVENT_COLUMNS)
-_COPY_REJECTS = _copy_statement("events_rejected", REJECT_COLUMNS)
+_COPY_EVENTS = COPY_EVENTS
+_COPY_REJECTS = copy_statement("events_rejected", REJECT_COLUMNS)
 _CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
 # A refused row is dead-lettered by the request that sent it: (event index, database error) ->
 # a row for events_rejected.

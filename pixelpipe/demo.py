@@ -14,7 +14,7 @@ import httpx
 import orjson
 import psycopg
 
-from pixelpipe.core.migrations import ensure_partitions
+from pixelpipe.core.events_log import EVENT_COLUMNS, copy_statement, ensure_partitions
 
 SITES = {"demo-shop": "https://shop.example.com", "blog-example-org": "https://blog.example.org",
          "news-example-net": "https://news.example.net"}
@@ -43,10 +43,7 @@ def write_history(database_url: str, now: datetime, rng: random.Random) -> int:
                         (first, first + timedelta(hours=HISTORY_HOURS))).fetchone():
             return 0
         written = 0
-        with conn.transaction(), conn.cursor() as cur, cur.copy(
-            'COPY events_log (event_type, session_id, visitor_id, site_id, "timestamp", url, path, '
-            "user_agent, ip_address, raw_event_data, created_at) FROM STDIN"
-        ) as copy:
+        with conn.transaction(), conn.cursor() as cur, cur.copy(copy_statement("events_log", (*EVENT_COLUMNS, "created_at"))) as copy:
             for hour in range(HISTORY_HOURS):
                 for site, origin in SITES.items():
                     for _ in range(rng.randint(150, 400)):

@@ -41,6 +41,7 @@ from pipeline.object_store import (
 )
 from pipeline.partitions import hourly_backfill_policy, hourly_partitions, run_hours
 from pipeline.resources import PipelineSettings, PostgresResource
+from pixelpipe.core.events_log import seal_hour as events_log_seal_hour
 
 
 def refuse_open_hour(hour: datetime, now: datetime, grace_minutes: int) -> None:
@@ -101,9 +102,7 @@ def seal_hour(conn, hour: datetime) -> None:
     """Seal the hour's partition before reading it: inserts in flight finish first, later ones
     fail loudly. What the export reads is then all the hour will ever hold."""
     try:
-        with conn.transaction():
-            conn.execute(f"SET LOCAL lock_timeout = '{SEAL_LOCK_TIMEOUT}'")
-            conn.execute("SELECT events_log_seal_hour(%s)", (hour,))
+        events_log_seal_hour(conn, hour, SEAL_LOCK_TIMEOUT)
     except psycopg.errors.LockNotAvailable:
         raise dg.Failure(
             description=f"Could not seal ingest hour {hour:%Y-%m-%d %H}:00 UTC within "

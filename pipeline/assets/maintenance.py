@@ -8,9 +8,13 @@ import dagster as dg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pipeline.event_partitions import hour_partitions, hours_in_default_partition
 from pipeline.resources import PostgresResource
-from pixelpipe.core.migrations import PARTITIONS_AHEAD_HOURS, ensure_partitions
+from pixelpipe.core.events_log import (
+    PARTITIONS_AHEAD_HOURS,
+    ensure_partitions,
+    hour_partitions,
+    hours_in_default_partition,
+)
 
 # An index is rebuilt when it is this many times larger than its entries need, and big
 # enough to matter.

@@ -10,8 +10,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pipeline.assets.export import hourly_export
-from pipeline.event_partitions import hour_partitions, sealed_partitions
 from pipeline.resources import PipelineSettings, PostgresResource
+from pixelpipe.core.events_log import hour_partitions, sealed_partitions
 
 # Dropping a partition needs a brief exclusive lock on events_log; never queue behind a long
 # query (and block the collector meanwhile): give up and try again next hour.

@@ -1,4 +1,4 @@
-"""Apply the numbered SQL files in sql/ in order, once each, and keep partitions ahead.
+"""Apply the numbered SQL files in sql/ in order, once each, then keep partitions ahead.
 
 Each file runs in its own transaction and is recorded in schema_migrations, so running
 `pixelpipe migrate` twice changes nothing. An advisory lock serialises concurrent runners.
@@ -6,16 +6,14 @@ Each file runs in its own transaction and is recorded in schema_migrations, so r
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 
+from pixelpipe.core.events_log import ensure_partitions
+
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 _LOCK_KEY = 0x706978656C  # "pixel"
-
-# The collector should never write into the default partition: keep this many hours ready.
-PARTITIONS_AHEAD_HOURS = 48
 
 
 def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
@@ -53,31 +51,3 @@ def migrate(url: str) -> tuple[list[str], list[tuple[str, int]]]:
     with psycopg.connect(url, autocommit=True) as conn:
         created = ensure_partitions(conn)
     return applied, created
-
-
-def ensure_partitions(
-    conn: psycopg.Connection,
-    now: datetime | None = None,
-    hours_back: int = 1,
-    hours_ahead: int = PARTITIONS_AHEAD_HOURS,
-) -> list[tuple[str, int]]:
-    """Create the hourly partitions from `hours_back` before now to `hours_ahead` after it.
-
-    One hour per statement: creating a partition locks events_log itself, and the collector's
-    inserts wait for that lock, so it is held for one partition at a time, never for 72.
-    Returns (partition, rows moved out of the default partition) for each partition created.
-    """
-    now = now or datetime.now(UTC)
-    hour = (now - timedelta(hours=hours_back)).replace(minute=0, second=0, microsecond=0)
-    end = now + timedelta(hours=hours_ahead)
-    existing = {row[0] for row in conn.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'events_log'::regclass")}
-    created = []
-    while hour < end:
-        if f"events_log_{hour:%Y%m%d_%H}" not in existing:
-            created += conn.execute(
-                "SELECT partition_name, moved_rows FROM events_log_ensure_partitions(%s, %s)",
-                (hour, hour + timedelta(hours=1))).fetchall()
-        hour += timedelta(hours=1)
-    return [(name, moved) for name, moved in created]

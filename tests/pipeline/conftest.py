@@ -12,6 +12,7 @@ import pytest
 from dagster_aws.s3 import S3Resource
 
 from pipeline.resources import PipelineSettings, PostgresResource
+from pixelpipe.core.events_log import EVENT_COLUMNS, copy_statement
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -41,10 +42,7 @@ def seed_events(db: psycopg.Connection, hour: datetime, site: str, count: int,
                 event_time: datetime | None = None, **extra) -> None:
     """Rows as the collector writes them, ingested (created_at) inside `hour`."""
     step = timedelta(seconds=3599) / max(count, 1)
-    with db.cursor() as cur, cur.copy(
-        'COPY events_log (event_type, session_id, visitor_id, site_id, "timestamp", url, path, '
-        "user_agent, ip_address, raw_event_data, created_at) FROM STDIN"
-    ) as copy:
+    with db.cursor() as cur, cur.copy(copy_statement("events_log", (*EVENT_COLUMNS, "created_at"))) as copy:
         for i in range(count):
             created = hour + step * i
             raw = {"eventType": "pageview" if i % 3 else "click", "n": i, "siteId": site, **extra}

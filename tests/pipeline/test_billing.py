@@ -16,7 +16,7 @@ from pipeline.assets.billing import (
     refuse_unfinished_month,
 )
 from pipeline.assets.retention import apply_retention
-from pixelpipe.core.migrations import ensure_partitions
+from pixelpipe.core.events_log import ensure_partitions
 from tests.pipeline.conftest import materialize_export, partition_key
 
 SEP, OCT = datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC)

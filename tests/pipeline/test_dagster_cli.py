@@ -15,7 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pixelpipe.core.migrations import apply_migrations, ensure_partitions
+from pixelpipe.core.events_log import ensure_partitions
+from pixelpipe.core.migrations import apply_migrations
 from pixelpipe.process import free_port
 from tests.pipeline.conftest import closed_hour, partition_key, seed_events
 

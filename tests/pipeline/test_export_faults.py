@@ -125,7 +125,7 @@ def test_s3_cut_off_during_an_export(resources, db, s3, s3_server, buckets):
 
 def test_postgres_restarted_during_an_export(resources, s3, buckets, own_postgres):
     from pipeline.resources import PostgresResource
-    from pixelpipe.core.migrations import ensure_partitions
+    from pixelpipe.core.events_log import ensure_partitions
 
     server, url = own_postgres
     hour = closed_hour(3)

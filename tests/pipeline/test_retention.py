@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.assets.export import seal_hour
 from pipeline.assets.retention import apply_retention, retention_cleanup
-from pixelpipe.core.migrations import ensure_partitions
+from pixelpipe.core.events_log import ensure_partitions
 from tests.conftest import new_database
 from tests.pipeline.conftest import closed_hour, materialize_export, partition_key, seed_events
 

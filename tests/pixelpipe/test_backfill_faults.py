@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pixelpipe.backfill import backfill_status
-from pixelpipe.core.migrations import ensure_partitions
+from pixelpipe.core.events_log import ensure_partitions
 from pixelpipe.core.s3 import s3_client
 from pixelpipe.core.settings import Settings
 from pixelpipe.process import free_port

@@ -4,7 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from pixelpipe.core.migrations import apply_migrations, ensure_partitions
+from pixelpipe.core.events_log import ensure_partitions
+from pixelpipe.core.migrations import apply_migrations
 
 
 def _insert(db, created_at, site="shop-example-com"):
