@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from pixelpipe.core.events_log import EVENT_COLUMNS  # noqa: F401 - the row layout event_row builds
+from pixelpipe.core.settings import Settings
 
 MAX_DEPTH = 32
 EVENT_TYPE_MAX = 50
@@ -70,10 +71,15 @@ class RequestContext:
     origin: str | None = None
 
 
+_DEFAULTS = Settings()
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_body_bytes: int = 1024 * 1024
-    max_batch_events: int = 1000
+    """The size caps a body is parsed under (PIXELPIPE_MAX_BODY_BYTES, PIXELPIPE_MAX_BATCH_EVENTS)."""
+
+    max_body_bytes: int = _DEFAULTS.max_body_bytes
+    max_batch_events: int = _DEFAULTS.max_batch_events
 
 
 def decode_body(body: bytes, content_type: str | None, content_encoding: str | None,

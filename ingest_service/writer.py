@@ -25,7 +25,9 @@ from psycopg import sql
 
 from ingest_service.metrics import CollectorMetrics
 from pixelpipe.core.events_log import COPY_EVENTS, copy_statement
+from pixelpipe.core.settings import Settings
 
+_DEFAULTS = Settings()
 REJECT_COLUMNS = ("reason", "endpoint", "content_type", "client_ip", "body_size", "raw_body",
                   "body_sha256")
 
@@ -71,10 +73,10 @@ class EventWriter:
         conninfo: str,
         metrics: CollectorMetrics,
         *,
-        flush_interval: float = 0.005,
-        flush_max_rows: int = 5000,
-        queue_max_rows: int = 100_000,
-        flushers: int = 2,
+        flush_interval: float = _DEFAULTS.flush_interval_ms / 1000,
+        flush_max_rows: int = _DEFAULTS.flush_max_rows,
+        queue_max_rows: int = _DEFAULTS.queue_max_rows,
+        flushers: int = _DEFAULTS.flush_connections,
         connect_timeout: int = 2,
     ):
         self.conninfo = conninfo

@@ -5,14 +5,12 @@ changes, so a backfill reproduces it. Tenants are a loop inside each run, not a 
 dimension (hour x site would be millions of partitions).
 """
 
-import os
-
 import dagster as dg
 
 from pixelpipe.core.settings import Settings
 
 # A recent start keeps the partition count (and Dagster's UI) small.
-PARTITIONS_START = os.environ.get("PIXELPIPE_PARTITIONS_START", "2026-11-01-00:00")
+PARTITIONS_START = Settings.from_env().partitions_start
 
 # A long backfill (30 days from the UI, or `pixelpipe backfill`) runs as many runs of at most
 # this many hours: each run is a process of its own, resumable on its own, and the `postgres`
