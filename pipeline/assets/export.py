@@ -20,7 +20,7 @@ from dagster_aws.s3 import S3Resource
 
 from pipeline.assets.events_log import events_log
 from pipeline.export_files import hour_prefix, object_key, write_hour_files
-from pipeline.manifest import (
+from pipeline.ledger import (
     SiteExport,
     client_locations,
     hour_state,
