@@ -1,16 +1,16 @@
 """hourly_export: each closed ingest hour, as Parquet, into each client's bucket and the backup.
 
-Also its two checks. Retention trusts an hour only when both passed.
+The export reads as its steps (export_hour): seal the hour (pixelpipe.core.events_log), read it
+and write per-site files (export_files.py), publish them to both buckets and remove stale objects
+(publish.py), record it in the ledger (ledger.py). Also its two checks: retention trusts an hour
+only when both passed.
 """
 
 
 import contextlib
-import tempfile
 import time
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import adbc_driver_manager.dbapi as adbc_errors
 import dagster as dg
@@ -19,27 +19,23 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.s3 import S3Resource
 
 from pipeline.assets.events_log import events_log
-from pipeline.export_files import hour_prefix, object_key, write_hour_files
+from pipeline.export_files import hour_prefix
 from pipeline.ledger import (
     SiteExport,
     client_locations,
     hour_state,
     manifest_rows,
     mark_check,
-    previous_keys,
     record_export,
-    record_location,
     site_destinations,
     unverify_hour,
 )
 from pipeline.object_store import (
-    copy_object,
-    delete_keys,
     list_keys,
     read_parquet_metadata,
-    upload_file,
 )
 from pipeline.partitions import hourly_backfill_policy, hourly_partitions, run_hours
+from pipeline.publish import publish_hour, remove_stale_objects
 from pipeline.resources import PipelineSettings, PostgresResource
 from pixelpipe.core.events_log import seal_hour as events_log_seal_hour
 
@@ -83,19 +79,7 @@ def _rows_per_site_table(sites: list[SiteExport], limit: int = 50) -> str:
     return "\n".join(lines)
 
 
-UPLOAD_THREADS = 4
 SEAL_LOCK_TIMEOUT = "10s"
-
-
-def _upload_both(client, path: Path, client_bucket: str, client_key: str, backup_bucket: str,
-                 backup_key: str) -> None:
-    """Upload once, to our backup bucket, then copy server-side into the client's bucket.
-
-    Half the upload work of two uploads, and it needs only write access to the client bucket.
-    """
-    upload_file(client, backup_bucket, backup_key, path)
-    copy_object(client, backup_bucket, backup_key, client_bucket, client_key)
-    path.unlink()
 
 
 def seal_hour(conn, hour: datetime) -> None:
@@ -135,64 +119,22 @@ def explained_failures(hour: datetime, s3_endpoint: str | None):
 
 def export_hour(conn, database_url: str, client, settings: PipelineSettings, hour: datetime,
                 previous_rows: int) -> tuple[list[SiteExport], int]:
-    """Export one ingest hour; returns the sites written and the stale objects removed.
-
-    `conn` (autocommit) seals the hour and keeps the ledger; the rows are read on a connection
-    of their own, opened from `database_url` after the seal committed.
-    """
-    seal_hour(conn, hour)
-    unverify_hour(conn, hour)
-    destinations = site_destinations(conn, settings.client_bucket)
-    sites: dict[str, SiteExport] = {}
-    # Uploads run beside the next file's writing; at most a few finished files wait on disk.
-    with tempfile.TemporaryDirectory(prefix="pixelpipe-export-") as spool, \
-            ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as uploads:
-        pending: list[Future] = []
-        for file in write_hour_files(database_url, hour, Path(spool), settings.rows_per_file):
-            site = sites.get(file.site_id)
-            if site is None:
-                bucket, prefix = destinations.get(file.site_id, (settings.client_bucket, ""))
-                site = sites[file.site_id] = SiteExport(file.site_id, bucket, prefix)
-                record_location(conn, hour, file.site_id, bucket, hour_prefix(file.site_id, hour, prefix))
-            client_key = object_key(file.site_id, hour, file.part, site.client_prefix)
-            backup_key = object_key(file.site_id, hour, file.part)
-            pending.append(uploads.submit(_upload_both, client, file.path, site.client_bucket,
-                                          client_key, settings.backup_bucket, backup_key))
-            site.rows += file.rows
-            site.bytes += file.bytes
-            site.client_keys.append(client_key)
-            site.backup_keys.append(backup_key)
-            site.sha256.append(file.sha256)
-            while len(pending) > 2 * UPLOAD_THREADS:
-                pending.pop(0).result()  # re-raises an upload's failure: the run fails here
-        for future in pending:
-            future.result()
-    exported = list(sites.values())
+    """Export one ingest hour, as its steps; returns the sites written and the stale objects
+    removed. `conn` (autocommit) seals the hour and keeps the ledger; the rows are read on a
+    connection of their own, opened from `database_url` after the seal committed."""
+    seal_hour(conn, hour)  # nothing can be added to the hour from now on
+    unverify_hour(conn, hour)  # nothing stays verified while its objects change
+    exported = publish_hour(conn, database_url, client, settings, hour)  # read, write, upload both
     if previous_rows > 0 and not exported:
         raise dg.Failure(
             description=f"Ingest hour {hour:%Y-%m-%d %H}:00 UTC has no rows in PostgreSQL any more, "
             f"but an earlier export wrote {previous_rows} rows for it. The rows were removed outside "
             "retention; this run refuses to replace the existing files with an empty export.",
         )
-    # Objects an earlier run wrote that this run did not produce are removed, so a re-run
-    # leaves exactly this run's objects.
-    written = {(s.client_bucket, k) for s in exported for k in s.client_keys}
-    written |= {(settings.backup_bucket, k) for s in exported for k in s.backup_keys}
-    existing = previous_keys(conn, hour)
-    places = {(bucket, prefix) for _, bucket, prefix in client_locations(conn, hour)}
-    for site in exported:
-        places.add((site.client_bucket, hour_prefix(site.site_id, hour, site.client_prefix)))
-        places.add((settings.backup_bucket, hour_prefix(site.site_id, hour)))
-    for bucket, prefix in sorted(places):  # also where a site's bucket or prefix used to be
-        existing.update((bucket, key) for key in list_keys(client, bucket, prefix))
-    stale: dict[str, list[str]] = defaultdict(list)
-    for bucket, key in sorted(existing - written):
-        stale[bucket].append(key)
-    for bucket, keys in stale.items():
-        delete_keys(client, bucket, keys)
+    stale = remove_stale_objects(conn, client, settings.backup_bucket, hour, exported)
     # Only now, with both copies uploaded, does the ledger say the hour is exported.
     record_export(conn, hour, exported, settings.backup_bucket)
-    return exported, sum(len(keys) for keys in stale.values())
+    return exported, stale
 
 
 @dg.asset(

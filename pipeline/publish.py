@@ -1,0 +1,87 @@
+"""Publishing an exported hour: each file once to the backup bucket and server-side into the
+client's bucket, while the next file is written; then whatever an earlier run left under the
+hour that this run did not produce is removed, so a re-run leaves exactly its own objects."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+from pipeline.export_files import hour_prefix, object_key, write_hour_files
+from pipeline.ledger import (
+    SiteExport,
+    client_locations,
+    previous_keys,
+    record_location,
+    site_destinations,
+)
+from pipeline.object_store import copy_object, delete_keys, list_keys, upload_file
+from pipeline.resources import PipelineSettings
+
+UPLOAD_THREADS = 4
+
+
+def _upload_both(client, path: Path, client_bucket: str, client_key: str, backup_bucket: str,
+                 backup_key: str) -> None:
+    """Upload once, to our backup bucket, then copy server-side into the client's bucket.
+
+    Half the upload work of two uploads, and it needs only write access to the client bucket.
+    """
+    upload_file(client, backup_bucket, backup_key, path)
+    copy_object(client, backup_bucket, backup_key, client_bucket, client_key)
+    path.unlink()
+
+
+def publish_hour(conn, database_url: str, client, settings: PipelineSettings, hour: datetime) -> list[SiteExport]:
+    """Read the hour into per-site files and put each in both buckets; what was written, per site.
+
+    Each place a site's files go is recorded (export_locations) before the first upload there."""
+    destinations = site_destinations(conn, settings.client_bucket)
+    sites: dict[str, SiteExport] = {}
+    # Uploads run beside the next file's writing; at most a few finished files wait on disk.
+    with tempfile.TemporaryDirectory(prefix="pixelpipe-export-") as spool, \
+            ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as uploads:
+        pending: list[Future] = []
+        for file in write_hour_files(database_url, hour, Path(spool), settings.rows_per_file):
+            site = sites.get(file.site_id)
+            if site is None:
+                bucket, prefix = destinations.get(file.site_id, (settings.client_bucket, ""))
+                site = sites[file.site_id] = SiteExport(file.site_id, bucket, prefix)
+                record_location(conn, hour, file.site_id, bucket, hour_prefix(file.site_id, hour, prefix))
+            client_key = object_key(file.site_id, hour, file.part, site.client_prefix)
+            backup_key = object_key(file.site_id, hour, file.part)
+            pending.append(uploads.submit(_upload_both, client, file.path, site.client_bucket,
+                                          client_key, settings.backup_bucket, backup_key))
+            site.rows += file.rows
+            site.bytes += file.bytes
+            site.client_keys.append(client_key)
+            site.backup_keys.append(backup_key)
+            site.sha256.append(file.sha256)
+            while len(pending) > 2 * UPLOAD_THREADS:
+                pending.pop(0).result()  # re-raises an upload's failure: the run fails here
+        for future in pending:
+            future.result()
+    return list(sites.values())
+
+
+def remove_stale_objects(conn, client, backup_bucket: str, hour: datetime, exported: list[SiteExport]) -> int:
+    """Delete what earlier exports of the hour wrote that this one did not, also where a site's
+    bucket or prefix used to be; returns how many objects went."""
+    written = {(s.client_bucket, k) for s in exported for k in s.client_keys}
+    written |= {(backup_bucket, k) for s in exported for k in s.backup_keys}
+    existing = previous_keys(conn, hour)
+    places = {(bucket, prefix) for _, bucket, prefix in client_locations(conn, hour)}
+    for site in exported:
+        places.add((site.client_bucket, hour_prefix(site.site_id, hour, site.client_prefix)))
+        places.add((backup_bucket, hour_prefix(site.site_id, hour)))
+    for bucket, prefix in sorted(places):
+        existing.update((bucket, key) for key in list_keys(client, bucket, prefix))
+    stale: dict[str, list[str]] = defaultdict(list)
+    for bucket, key in sorted(existing - written):
+        stale[bucket].append(key)
+    for bucket, keys in stale.items():
+        delete_keys(client, bucket, keys)
+    return sum(len(keys) for keys in stale.values())
