@@ -1,6 +1,6 @@
 """Collector throughput, in one run on one embedded PostgreSQL, with its baselines:
 
-  per-event   the seed's "before": one INSERT and one commit per event (no HTTP)
+  per-event   the original design's "before" (docs/): one INSERT and one commit per event (no HTTP)
   raw COPY    the same rows with one COPY per 100-row batch, no HTTP: the ceiling for batches
   batches     POST /collect with 100 events per request, through `pixelpipe collector`
   pixel       GET /i, every one committed, p50/p99 latency

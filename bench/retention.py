@@ -1,11 +1,11 @@
-"""Retention on 1,000,000 exported rows: the seed's DELETE against pixelpipe's partition drop.
+"""Retention on 1,000,000 exported rows: the original design's DELETE against pixelpipe's partition drop.
 
-  seed       events_log as the seed built it (one table, processed_at column, its indexes):
+  seed       events_log as the original design (docs/schema.md) built it (one table, processed_at column, its indexes):
              DELETE FROM events_log WHERE processed_at < NOW() - INTERVAL '24 hours'
   pixelpipe  hourly partitions with a verified export in export_hours: apply_retention()
              drops each qualifying partition
 
-Prints seconds and the dead tuples each leaves behind, the VACUUM the seed then needs, and the
+Prints seconds and the dead tuples each leaves behind, the VACUUM the original design then needs, and the
 speed-up. Each hour was sealed by its export, so its verified row count is exact and the drop
 needs no recount (an unsealed partition would be counted against the manifest first).
 Usage: python bench/retention.py [--rows 1000000] [--hours 24]
@@ -90,7 +90,7 @@ def main() -> None:
     created = f"%(first)s + (n %% {args.hours}) * interval '1 hour' + (n %% 3600) * interval '1 second'"
     with benchmark_servers() as servers, psycopg.connect(servers["database_url"], autocommit=True) as conn:
         params = {"rows": args.rows, "first": first}
-        # The seed: every row exported (processed_at set) more than 24 hours ago.
+        # The original design: every row exported (processed_at set) more than 24 hours ago.
         conn.execute(SEED_TABLE)
         conn.execute(f"INSERT INTO seed_events_log ({COLUMNS}, processed_at) "
                      f"{ROWS_SQL.format(created=created)[:-len(' FROM generate_series(1, %(rows)s) n')]}, "
@@ -125,13 +125,13 @@ def main() -> None:
         purged_rows = sum(v.rows for v in verdicts if v.purged)
         ours_dead = dead_tuples(conn, "events_log%")
         release_seconds = filesystem_release_seconds(servers["folder"], dropped_bytes)
-    print(f"seed DELETE        : {deleted:>9,} rows in {seed_seconds:7.3f} s, {seed_dead:>9,} dead tuples left")
+    print(f"original DELETE    : {deleted:>9,} rows in {seed_seconds:7.3f} s, {seed_dead:>9,} dead tuples left")
     print(f"pixelpipe drop     : {purged_rows:>9,} rows in {ours_seconds:7.3f} s, {ours_dead:>9,} dead tuples left "
           f"({sum(v.purged for v in verdicts)} hourly partitions)")
-    print(f"seed VACUUM after  : {seed_vacuum:7.3f} s to reclaim what the DELETE left")
+    print(f"original VACUUM    : {seed_vacuum:7.3f} s to reclaim what the DELETE left")
     print(f"filesystem         : {release_seconds:7.3f} s to free {dropped_bytes / 2**20:,.0f} MB of plain files "
           "in the same directory (truncate, one fsync), no PostgreSQL involved")
-    print(f"retention: partition drop is {seed_seconds / ours_seconds:.1f}x faster than the seed's DELETE "
+    print(f"retention: partition drop is {seed_seconds / ours_seconds:.1f}x faster than the original design's DELETE "
           f"({(seed_seconds + seed_vacuum) / ours_seconds:.1f}x DELETE + VACUUM), "
           f"{ours_dead} dead tuples vs {seed_dead:,}")
 

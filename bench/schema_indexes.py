@@ -1,8 +1,8 @@
 """What each index costs the collector: COPY throughput of the same rows under three index sets.
 
   pixelpipe  the primary key (id, created_at) only
-  + GIN      the primary key and the seed's GIN index on raw_event_data
-  seed       the primary key and every seed index that still applies (timestamp,
+  + GIN      the primary key and the original design's GIN index on raw_event_data
+  seed       the primary key and every index of the original design that still applies (timestamp,
              (site_id, created_at), session_id, event_type, GIN on raw_event_data)
 
 Usage: python bench/schema_indexes.py [--rows 200000] [--rounds 3]
@@ -32,7 +32,7 @@ SEED = GIN + [
     "CREATE INDEX bench_session ON events_log (session_id)",
     "CREATE INDEX bench_event_type ON events_log (event_type)",
 ]
-VARIANTS = {"pixelpipe (PK only)": [], "PK + GIN": GIN, "seed index set": SEED}
+VARIANTS = {"pixelpipe (PK only)": [], "PK + GIN": GIN, "original design's index set": SEED}
 
 
 def copy_rate(conn, data: list[tuple]) -> float:
@@ -63,7 +63,7 @@ def main() -> None:
     base = results["pixelpipe (PK only)"]
     for name, rate in results.items():
         print(f"{name:>20}: {rate:>9,.0f} rows/s  ({rate / base:.2f}x)")
-    print(f"indexes: the seed's set runs COPY at {results['seed index set'] / base:.2f}x of pixelpipe's; "
+    print(f"indexes: the original design's set runs COPY at {results['seed index set'] / base:.2f}x of pixelpipe's; "
           f"the GIN index alone at {results['PK + GIN'] / base:.2f}x")
 
 
