@@ -30,8 +30,7 @@ import psycopg  # noqa: E402
 
 from bench.servers import benchmark_servers  # noqa: E402
 from ingest_service.events import EVENT_COLUMNS, RequestContext, event_row  # noqa: E402
-from pixelpipe.core.events_log import COPY_EVENTS as _COPY_EVENTS  # noqa: E402
-from pixelpipe.core.events_log import ensure_partitions  # noqa: E402
+from pixelpipe.core.events_log import COPY_EVENTS, ensure_partitions  # noqa: E402
 from pixelpipe.process import free_port  # noqa: E402
 
 BARE_APP = '''
@@ -75,7 +74,7 @@ def raw_copy(url: str, count: int, batch: int) -> float:
     with psycopg.connect(url) as conn:
         started = time.perf_counter()
         for start in range(0, count, batch):
-            with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_EVENTS) as copy:
+            with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_EVENTS) as copy:
                 for row in data[start:start + batch]:
                     copy.write_row(row)
         return count / (time.perf_counter() - started)

@@ -22,8 +22,7 @@ import psycopg  # noqa: E402
 
 from bench.ingest import rows  # noqa: E402
 from bench.servers import benchmark_servers  # noqa: E402
-from pixelpipe.core.events_log import COPY_EVENTS as _COPY_EVENTS  # noqa: E402
-from pixelpipe.core.events_log import ensure_partitions  # noqa: E402
+from pixelpipe.core.events_log import COPY_EVENTS, ensure_partitions  # noqa: E402
 
 GIN = ["CREATE INDEX bench_gin ON events_log USING gin (raw_event_data)"]
 SEED = GIN + [
@@ -39,7 +38,7 @@ def copy_rate(conn, data: list[tuple]) -> float:
     conn.execute("TRUNCATE events_log")
     conn.execute("CHECKPOINT")
     started = time.perf_counter()
-    with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_EVENTS) as copy:
+    with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_EVENTS) as copy:
         for row in data:
             copy.write_row(row)
     return len(data) / (time.perf_counter() - started)

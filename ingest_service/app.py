@@ -145,6 +145,9 @@ class FloodTally:
     minute, so a flood costs the database nothing per request."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.requests = 0
         self.events = 0
         self.keys: dict[str, int] = {}
@@ -162,7 +165,7 @@ class FloodTally:
         reason = (f"rate_limited: {self.requests} requests ({self.events} events) refused with 429 "
                   f"in the last {seconds} s from {len(self.keys)} addresses or sites; most: "
                   + ", ".join(f"{key} ({count})" for key, count in top))
-        self.__init__()
+        self.reset()
         return (reason[:REASON_MAX], None, None, None, None, None, None)
 
 
@@ -238,9 +241,10 @@ class Collector:
             except EventRejected as error:
                 problems.append((index, error))
         if rows:
-            rows, indexes = await self._admit(rows, indexes, problems, context, keyed_site)
-            if isinstance(rows, Outcome):
-                return rows
+            try:
+                rows, indexes = await self._admit(rows, indexes, problems, context, keyed_site)
+            except Unavailable:
+                return self._unavailable("The database is unavailable")
         limited = self._site_limited(rows) if self.site_limits else None
         if limited is not None:
             return limited
@@ -295,8 +299,8 @@ class Collector:
         if unseen and sites.policy == "open":
             try:
                 await sites.admit(unseen)
-            except psycopg.Error:
-                return self._unavailable("The database is unavailable"), indexes
+            except psycopg.Error as error:
+                raise Unavailable(str(error)) from None
         known = sites.sites
         kept, kept_indexes = [], []
         for row, index in zip(rows, indexes, strict=True):
@@ -423,6 +427,8 @@ class Collector:
     async def refuse_early(self, scope, receive, send) -> bool:
         """An address over its rate gets its 429 before Starlette sees the request: under a
         flood, refusals must cost as little as possible. True when it was refused."""
+        if not self.ip_limits:
+            return False
         context, _ = self.scope_context(scope)
         outcome = self.ip_limited(context, 1)
         if outcome is None:

