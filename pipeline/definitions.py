@@ -4,7 +4,8 @@ import dagster as dg
 
 from pipeline.assets.billing import billing_matches_manifest, monthly_billing
 from pipeline.assets.events_log import events_log
-from pipeline.assets.export import export_reconciles, hourly_export, no_cross_tenant_rows
+from pipeline.assets.export import hourly_export
+from pipeline.assets.export_checks import hourly_export_checks
 from pipeline.assets.maintenance import db_maintenance
 from pipeline.assets.retention import retention_cleanup
 from pipeline.automation import (
@@ -18,11 +19,13 @@ from pipeline.automation import (
     retention_schedule,
     run_failure_alert,
 )
-from pipeline.resources import resources_from_env
+from pipeline.resources import refuse_in_process_run_without_database, resources_from_env
+
+refuse_in_process_run_without_database()
 
 defs = dg.Definitions(
     assets=[events_log, hourly_export, retention_cleanup, db_maintenance, monthly_billing],
-    asset_checks=[export_reconciles, no_cross_tenant_rows, billing_matches_manifest],
+    asset_checks=[hourly_export_checks, billing_matches_manifest],
     jobs=[hourly_export_job, retention_job, maintenance_job, billing_job],
     schedules=[hourly_export_schedule, retention_schedule, maintenance_schedule, billing_schedule],
     sensors=[run_failure_alert],

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -95,3 +97,24 @@ def resources_from_env() -> dict:
             alert_webhook_url=settings.alert_webhook_url,
         ),
     }
+
+
+# Dagster commands that run the job inside the process that loads the definitions.
+_IN_PROCESS_COMMANDS = (["asset", "materialize"], ["job", "execute"])
+
+
+def refuse_in_process_run_without_database() -> None:
+    """`dagster asset materialize` (or `job execute`) with no database anywhere: stop with the one
+    line that names the fix, before Dagster starts a run that would fail wrapped in stack frames.
+
+    Only those commands: `dagster dev`, the code server and the tests load the definitions without
+    a database, and a run launched from the UI fails with the same line as its description.
+    """
+    if Path(sys.argv[0]).name != "dagster" or sys.argv[1:3] not in _IN_PROCESS_COMMANDS:
+        return
+    if os.environ.get("DATABASE_URL"):
+        return
+    try:
+        resolve_database_url(Settings.from_env())
+    except PixelpipeError as error:
+        sys.exit(f"pixelpipe: {error}")

@@ -2,8 +2,7 @@
 
 The export reads as its steps (export_hour): seal the hour (pixelpipe.core.events_log), read it
 and write per-site files (export_files.py), publish them to both buckets and remove stale objects
-(publish.py), record it in the ledger (ledger.py). Also its two checks: retention trusts an hour
-only when both passed.
+(publish.py), record it in the ledger (ledger.py). Its checks are in export_checks.py.
 """
 
 
@@ -19,21 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.s3 import S3Resource
 
 from pipeline.assets.events_log import events_log
-from pipeline.export_files import hour_prefix
-from pipeline.ledger import (
-    SiteExport,
-    client_locations,
-    hour_state,
-    manifest_rows,
-    mark_check,
-    record_export,
-    site_destinations,
-    unverify_hour,
-)
-from pipeline.object_store import (
-    list_keys,
-    read_parquet_metadata,
-)
+from pipeline.ledger import SiteExport, hour_state, record_export, unverify_hour
 from pipeline.partitions import hourly_backfill_policy, hourly_partitions, run_hours
 from pipeline.publish import publish_hour, remove_stale_objects
 from pipeline.resources import PipelineSettings, PostgresResource
@@ -196,126 +181,3 @@ def hourly_export(
         metadata["rows_per_hour"] = dg.MetadataValue.md(
             "| ingest hour (UTC) | rows | sites |\n|---|---:|---:|\n" + "\n".join(per_hour))
     return dg.MaterializeResult(metadata=metadata)
-
-
-def _reconcile_hour(conn, client, hour: datetime) -> tuple[dict, list[str]]:
-    """Rows per site in PostgreSQL vs the manifest vs both copies' Parquet footers."""
-    totals = {"postgres": 0, "manifest": 0, "client": 0, "backup": 0}
-    state = hour_state(conn, hour)
-    if state is None:
-        return totals, [f"| {hour:%Y-%m-%d %H}:00 | (hour not exported) | | | | |"]
-    in_postgres = dict(conn.execute(
-        "SELECT site_id, count(*) FROM events_log "
-        "WHERE created_at >= %s AND created_at < %s GROUP BY 1",
-        (hour, hour + timedelta(hours=1))).fetchall())
-    mismatches = []
-    manifest = manifest_rows(conn, hour)
-    for site, rows, client_bucket, client_keys, backup_bucket, backup_keys in manifest:
-        # After a purge the database has no rows left; the manifest is the reference then.
-        expected = rows if state.purged_at else in_postgres.get(site, 0)
-        in_client = sum(read_parquet_metadata(client, client_bucket, k).num_rows for k in client_keys)
-        in_backup = sum(read_parquet_metadata(client, backup_bucket, k).num_rows for k in backup_keys)
-        for name, value in (("postgres", expected), ("manifest", rows), ("client", in_client),
-                            ("backup", in_backup)):
-            totals[name] += value
-        if not expected == rows == in_client == in_backup:
-            mismatches.append(
-                f"| {hour:%Y-%m-%d %H}:00 | {site} | {expected} | {rows} | {in_client} | {in_backup} |")
-    for site in sorted(set(in_postgres) - {m[0] for m in manifest}):
-        totals["postgres"] += in_postgres[site]
-        mismatches.append(f"| {hour:%Y-%m-%d %H}:00 | {site} | {in_postgres[site]} | (not exported) | 0 | 0 |")
-    return totals, mismatches
-
-
-def reconcile(conn, client, hours: list[datetime]) -> tuple[dict, list[str]]:
-    """Reconcile each hour and record the verdict; returns (row totals, mismatch lines)."""
-    totals = {"postgres": 0, "manifest": 0, "client": 0, "backup": 0}
-    mismatches: list[str] = []
-    for hour in hours:
-        hour_totals, hour_mismatches = _reconcile_hour(conn, client, hour)
-        mark_check(conn, hour, "reconciled_at", not hour_mismatches)
-        mismatches += hour_mismatches
-        for name, value in hour_totals.items():
-            totals[name] += value
-    return totals, mismatches
-
-
-@dg.asset_check(
-    asset=hourly_export,
-    partitions_def=hourly_partitions,
-    blocking=True,
-    description="Rows in PostgreSQL for the hour equal the rows in the Parquet footers of the "
-    "uploaded objects, per site, in both the client and the backup copy.",
-)
-def export_reconciles(context, postgres: PostgresResource, s3: S3Resource) -> dg.AssetCheckResult:
-    with postgres.get_connection(autocommit=True) as conn:
-        totals, mismatches = reconcile(conn, s3.get_client(), run_hours(context))
-    metadata = {f"rows_{name}": value for name, value in totals.items()}
-    if mismatches:
-        metadata["mismatches"] = dg.MetadataValue.md(
-            "| ingest hour | site_id | postgres | manifest | client | backup |\n"
-            "|---|---|---:|---:|---:|---:|\n" + "\n".join(mismatches[:50]))
-    return dg.AssetCheckResult(
-        passed=not mismatches, metadata=metadata,
-        description=None if not mismatches else "Re-run hourly_export for the listed hours; if it "
-        "still fails, compare the objects with events_log. Retention keeps these hours meanwhile.")
-
-
-def _foreign_rows(client, bucket: str, key: str, site: str) -> list[str]:
-    """Row groups of an object whose site_id statistics are not exactly `site`."""
-    metadata = read_parquet_metadata(client, bucket, key)
-    column = metadata.schema.names.index("site_id")
-    offenders = []
-    for group in range(metadata.num_row_groups):
-        stats = metadata.row_group(group).column(column).statistics
-        if stats is None or not stats.has_min_max:
-            offenders.append(f"s3://{bucket}/{key} row group {group}: no site_id statistics")
-        elif stats.min != site or stats.max != site:
-            offenders.append(f"s3://{bucket}/{key} row group {group}: site_id {stats.min}..{stats.max}")
-    return offenders
-
-
-def verify_tenants(conn, client, hours: list[datetime], default_bucket: str = "") -> tuple[int, list[str]]:
-    """Check every object under each client's hour prefixes; record the verdict per hour.
-
-    Lists the prefixes rather than trusting the manifest, so a stray object is caught too: every
-    bucket and prefix the hour was ever written to (export_locations), the manifest's, and the
-    site's current one. Returns (objects checked, offending row groups).
-    """
-    offenders: list[str] = []
-    objects = 0
-    destinations = site_destinations(conn, default_bucket)
-    for hour in hours:
-        hour_offenders = []
-        places = client_locations(conn, hour)
-        for site, _, client_bucket, client_keys, _, _ in manifest_rows(conn, hour):
-            places.update((site, client_bucket, key.rsplit("/", 1)[0] + "/") for key in client_keys)
-            bucket, prefix = destinations.get(site, (client_bucket, ""))
-            places.add((site, bucket or client_bucket, hour_prefix(site, hour, prefix)))
-        for site, bucket, prefix in sorted(places):
-            for key in list_keys(client, bucket, prefix):
-                objects += 1
-                hour_offenders += _foreign_rows(client, bucket, key, site)
-        mark_check(conn, hour, "tenants_verified_at", not hour_offenders)
-        offenders += hour_offenders
-    return objects, offenders
-
-
-@dg.asset_check(
-    asset=hourly_export,
-    partitions_def=hourly_partitions,
-    blocking=True,
-    description="Every object under a client's prefix for the hour holds only that client's "
-    "site_id (Parquet statistics of the site_id column, per row group).",
-)
-def no_cross_tenant_rows(context, postgres: PostgresResource, s3: S3Resource,
-                         settings: PipelineSettings) -> dg.AssetCheckResult:
-    with postgres.get_connection(autocommit=True) as conn:
-        objects, offenders = verify_tenants(conn, s3.get_client(), run_hours(context), settings.client_bucket)
-    return dg.AssetCheckResult(
-        passed=not offenders,
-        metadata={"objects_checked": objects,
-                  "offenders": dg.MetadataValue.md("\n".join(f"- {o}" for o in offenders[:50]) or "none")},
-        description=None if not offenders else "An object under a client's prefix holds another "
-        "site's rows: remove it from the client bucket now and re-run hourly_export for the hour.",
-    )

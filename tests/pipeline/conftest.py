@@ -57,13 +57,14 @@ def seed_events(db: psycopg.Connection, hour: datetime, site: str, count: int,
 def materialize_export(resources, *, partition: str | None = None, start: str | None = None,
                        end: str | None = None, raise_on_error: bool = False):
     from pipeline.assets.events_log import events_log
-    from pipeline.assets.export import export_reconciles, hourly_export, no_cross_tenant_rows
+    from pipeline.assets.export import hourly_export
+    from pipeline.assets.export_checks import hourly_export_checks
 
     tags = {}
     if start:
         tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
     return dg.materialize(
-        [events_log, hourly_export, export_reconciles, no_cross_tenant_rows],
+        [events_log, hourly_export, hourly_export_checks],
         partition_key=partition, tags=tags, resources=resources, raise_on_error=raise_on_error,
         selection=[hourly_export.key],
     )

@@ -154,10 +154,11 @@ import sys
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pipeline.assets.events_log import events_log
-from pipeline.assets.export import export_reconciles, hourly_export, no_cross_tenant_rows
+from pipeline.assets.export import hourly_export
+from pipeline.assets.export_checks import hourly_export_checks
 from pipeline.resources import PipelineSettings, PostgresResource
 url, endpoint, key, secret, client, backup, partition, rows_per_file = sys.argv[1:]
-dg.materialize([events_log, hourly_export, export_reconciles, no_cross_tenant_rows], partition_key=partition,
+dg.materialize([events_log, hourly_export, hourly_export_checks], partition_key=partition,
                selection=[hourly_export.key], resources={
     "postgres": PostgresResource(database_url=url),
     "s3": S3Resource(endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,

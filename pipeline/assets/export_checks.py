@@ -1,0 +1,168 @@
+"""The checks on hourly_export: retention and billing trust an hour only when both passed.
+
+Both read the same Parquet footers (row counts for one, site_id statistics for the other), so they
+run as one multi-asset check that reads each footer once and reports two results.
+"""
+
+from datetime import datetime, timedelta
+
+import dagster as dg
+import pyarrow.parquet as pq
+from dagster_aws.s3 import S3Resource
+
+from pipeline.assets.export import hourly_export
+from pipeline.export_files import hour_prefix
+from pipeline.ledger import (
+    client_locations,
+    hour_state,
+    manifest_rows,
+    mark_check,
+    site_destinations,
+)
+from pipeline.object_store import list_keys, read_parquet_metadata
+from pipeline.partitions import hourly_partitions, run_hours
+from pipeline.resources import PipelineSettings, PostgresResource
+
+RECONCILES = "export_reconciles"
+NO_CROSS_TENANT_ROWS = "no_cross_tenant_rows"
+
+
+class Footers:
+    """Each object's Parquet footer, fetched once per check run however many checks ask for it."""
+
+    def __init__(self, client):
+        self._client = client
+        self._read: dict[tuple[str, str], pq.FileMetaData] = {}
+
+    def __call__(self, bucket: str, key: str) -> pq.FileMetaData:
+        if (bucket, key) not in self._read:
+            self._read[bucket, key] = read_parquet_metadata(self._client, bucket, key)
+        return self._read[bucket, key]
+
+
+def _reconcile_hour(conn, footers: Footers, hour: datetime) -> tuple[dict, list[str]]:
+    """Rows per site in PostgreSQL vs the manifest vs both copies' Parquet footers."""
+    totals = {"postgres": 0, "manifest": 0, "client": 0, "backup": 0}
+    state = hour_state(conn, hour)
+    if state is None:
+        return totals, [f"| {hour:%Y-%m-%d %H}:00 | (hour not exported) | | | | |"]
+    in_postgres = dict(conn.execute(
+        "SELECT site_id, count(*) FROM events_log "
+        "WHERE created_at >= %s AND created_at < %s GROUP BY 1",
+        (hour, hour + timedelta(hours=1))).fetchall())
+    mismatches = []
+    manifest = manifest_rows(conn, hour)
+    for site, rows, client_bucket, client_keys, backup_bucket, backup_keys in manifest:
+        # After a purge the database has no rows left; the manifest is the reference then.
+        expected = rows if state.purged_at else in_postgres.get(site, 0)
+        in_client = sum(footers(client_bucket, k).num_rows for k in client_keys)
+        in_backup = sum(footers(backup_bucket, k).num_rows for k in backup_keys)
+        for name, value in (("postgres", expected), ("manifest", rows), ("client", in_client),
+                            ("backup", in_backup)):
+            totals[name] += value
+        if not expected == rows == in_client == in_backup:
+            mismatches.append(
+                f"| {hour:%Y-%m-%d %H}:00 | {site} | {expected} | {rows} | {in_client} | {in_backup} |")
+    for site in sorted(set(in_postgres) - {m[0] for m in manifest}):
+        totals["postgres"] += in_postgres[site]
+        mismatches.append(f"| {hour:%Y-%m-%d %H}:00 | {site} | {in_postgres[site]} | (not exported) | 0 | 0 |")
+    return totals, mismatches
+
+
+def reconcile(conn, client, hours: list[datetime], footers: Footers | None = None) -> tuple[dict, list[str]]:
+    """Reconcile each hour and record the verdict; returns (row totals, mismatch lines)."""
+    footers = footers or Footers(client)
+    totals = {"postgres": 0, "manifest": 0, "client": 0, "backup": 0}
+    mismatches: list[str] = []
+    for hour in hours:
+        hour_totals, hour_mismatches = _reconcile_hour(conn, footers, hour)
+        mark_check(conn, hour, "reconciled_at", not hour_mismatches)
+        mismatches += hour_mismatches
+        for name, value in hour_totals.items():
+            totals[name] += value
+    return totals, mismatches
+
+
+def _foreign_rows(footers: Footers, bucket: str, key: str, site: str) -> list[str]:
+    """Row groups of an object whose site_id statistics are not exactly `site`."""
+    metadata = footers(bucket, key)
+    column = metadata.schema.names.index("site_id")
+    offenders = []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            offenders.append(f"s3://{bucket}/{key} row group {group}: no site_id statistics")
+        elif stats.min != site or stats.max != site:
+            offenders.append(f"s3://{bucket}/{key} row group {group}: site_id {stats.min}..{stats.max}")
+    return offenders
+
+
+def verify_tenants(conn, client, hours: list[datetime], default_bucket: str = "",
+                   footers: Footers | None = None) -> tuple[int, list[str]]:
+    """Check every object under each client's hour prefixes; record the verdict per hour.
+
+    Lists the prefixes rather than trusting the manifest, so a stray object is caught too: every
+    bucket and prefix the hour was ever written to (export_locations), the manifest's, and the
+    site's current one. Returns (objects checked, offending row groups).
+    """
+    footers = footers or Footers(client)
+    offenders: list[str] = []
+    objects = 0
+    destinations = site_destinations(conn, default_bucket)
+    for hour in hours:
+        hour_offenders = []
+        places = client_locations(conn, hour)
+        for site, _, client_bucket, client_keys, _, _ in manifest_rows(conn, hour):
+            places.update((site, client_bucket, key.rsplit("/", 1)[0] + "/") for key in client_keys)
+            bucket, prefix = destinations.get(site, (client_bucket, ""))
+            places.add((site, bucket or client_bucket, hour_prefix(site, hour, prefix)))
+        for site, bucket, prefix in sorted(places):
+            for key in list_keys(client, bucket, prefix):
+                objects += 1
+                hour_offenders += _foreign_rows(footers, bucket, key, site)
+        mark_check(conn, hour, "tenants_verified_at", not hour_offenders)
+        offenders += hour_offenders
+    return objects, offenders
+
+
+def _reconciles_result(totals: dict, mismatches: list[str]) -> dg.AssetCheckResult:
+    metadata = {f"rows_{name}": value for name, value in totals.items()}
+    if mismatches:
+        metadata["mismatches"] = dg.MetadataValue.md(
+            "| ingest hour | site_id | postgres | manifest | client | backup |\n"
+            "|---|---|---:|---:|---:|---:|\n" + "\n".join(mismatches[:50]))
+    return dg.AssetCheckResult(
+        check_name=RECONCILES, passed=not mismatches, metadata=metadata,
+        description=None if not mismatches else "Re-run hourly_export for the listed hours; if it "
+        "still fails, compare the objects with events_log. Retention keeps these hours meanwhile.")
+
+
+def _tenants_result(objects: int, offenders: list[str]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=NO_CROSS_TENANT_ROWS, passed=not offenders,
+        metadata={"objects_checked": objects,
+                  "offenders": dg.MetadataValue.md("\n".join(f"- {o}" for o in offenders[:50]) or "none")},
+        description=None if not offenders else "An object under a client's prefix holds another "
+        "site's rows: remove it from the client bucket now and re-run hourly_export for the hour.",
+    )
+
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(
+            RECONCILES, asset=hourly_export, blocking=True, partitions_def=hourly_partitions,
+            description="Rows in PostgreSQL for the hour equal the rows in the Parquet footers of "
+            "the uploaded objects, per site, in both the client and the backup copy."),
+        dg.AssetCheckSpec(
+            NO_CROSS_TENANT_ROWS, asset=hourly_export, blocking=True, partitions_def=hourly_partitions,
+            description="Every object under a client's prefix for the hour holds only that client's "
+            "site_id (Parquet statistics of the site_id column, per row group)."),
+    ],
+)
+def hourly_export_checks(context, postgres: PostgresResource, s3: S3Resource, settings: PipelineSettings):
+    hours = run_hours(context)
+    client = s3.get_client()
+    footers = Footers(client)
+    with postgres.get_connection(autocommit=True) as conn:
+        yield _reconciles_result(*reconcile(conn, client, hours, footers))
+        yield _tenants_result(*verify_tenants(conn, client, hours, settings.client_bucket, footers))
