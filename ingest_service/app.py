@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gzip
 import hashlib
 import ipaddress
 import operator
@@ -46,6 +47,7 @@ from ingest_service.events import (
 )
 from ingest_service.metrics import CollectorMetrics
 from ingest_service.openapi import OPENAPI
+from ingest_service.visitors import DailySalts, cookieless_visitor_id, is_bot
 from ingest_service.writer import EventWriter, Overloaded, Unavailable
 from pixelpipe.core.settings import Settings
 
@@ -65,6 +67,9 @@ _PIXEL_REQUEST_HEADERS = frozenset((b"x-forwarded-for", b"user-agent", b"referer
 STATIC = Path(__file__).resolve().parent / "static"
 SITE_COLUMN = EVENT_COLUMNS.index("site_id")
 URL_COLUMN = EVENT_COLUMNS.index("url")
+VISITOR_COLUMN = EVENT_COLUMNS.index("visitor_id")
+SESSION_COLUMN = EVENT_COLUMNS.index("session_id")
+USER_AGENT_COLUMN = EVENT_COLUMNS.index("user_agent")
 # What one request may make us store, as text (docs/security.md): twice its (inflated) body,
 # plus a fixed allowance, plus a per-row allowance for ids, timestamps and the capped user agent.
 STORE_BUDGET_FIXED = 64 * 1024
@@ -84,7 +89,7 @@ def _json(body: dict, status: int = 200, headers: dict | None = None) -> Respons
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
-_EVENT_TEXT = operator.itemgetter(*(i for i, c in enumerate(EVENT_COLUMNS) if c != "timestamp"))
+_EVENT_TEXT = operator.itemgetter(*(i for i, c in enumerate(EVENT_COLUMNS) if c not in ("timestamp", "event_id")))
 
 
 def stored_text_bytes(rows: list[tuple], rejects: list[tuple]) -> int:
@@ -189,8 +194,10 @@ class Collector:
         self.ip_limits = TokenBuckets(settings.rate_limit_per_ip)
         self.site_limits = TokenBuckets(settings.rate_limit_per_site)
         self.flood = FloodTally()
+        self.salts = DailySalts(database_url)
         tracker = (STATIC / "t.js").read_bytes()
         self.tracker_js = tracker
+        self.tracker_gz = gzip.compress(tracker, 9, mtime=0)  # what browsers download (~2.6 KB)
         self.tracker_etag = '"' + hashlib.sha256(tracker).hexdigest()[:16] + '"'
         origins = frozenset(settings.cors_origins or ("*",))
         self.cors_origins = frozenset() if "*" in origins else origins  # empty: any origin
@@ -234,12 +241,26 @@ class Collector:
         rows: list[tuple] = []
         indexes: list[int] = []
         problems: list[tuple[int, EventRejected]] = []
+        cookieless: list[int] = []
         for index, candidate in enumerate(candidates):
             try:
-                rows.append(event_row(candidate, context, envelope))
-                indexes.append(index)
+                row = event_row(candidate, context, envelope)
+                if self.settings.drop_bots and is_bot(row[USER_AGENT_COLUMN]):
+                    self.metrics.bot_events += 1
+                    raise EventRejected("bot", "The user agent is a known crawler's; "
+                                        "set PIXELPIPE_DROP_BOTS=false to keep such events.")
             except EventRejected as error:
                 problems.append((index, error))
+                continue
+            if (candidate.get("cookieless") or (envelope or {}).get("cookieless")) is True:
+                cookieless.append(len(rows))
+            rows.append(row)
+            indexes.append(index)
+        if cookieless:
+            try:
+                rows = await self._cookieless_visitors(rows, cookieless, context)
+            except (psycopg.Error, OSError):
+                return self._unavailable("The database is unavailable")
         if rows:
             try:
                 rows, indexes = await self._admit(rows, indexes, problems, context, keyed_site)
@@ -291,6 +312,18 @@ class Collector:
             first = min(errors, key=lambda e: e["index"])
             outcome.status, outcome.error, outcome.detail = 400, first["error"], first["detail"]
         return outcome
+
+    async def _cookieless_visitors(self, rows: list[tuple], positions: list[int],
+                                   context: RequestContext) -> list[tuple]:
+        """Rows sent without browser storage get today's keyed-hash visitor id and no session."""
+        salt = await self.salts.salt(context.received_at.date())
+        for position in positions:
+            row = list(rows[position])
+            row[VISITOR_COLUMN] = cookieless_visitor_id(salt, row[SITE_COLUMN], context.client_ip,
+                                                        row[USER_AGENT_COLUMN])
+            row[SESSION_COLUMN] = None
+            rows[position] = tuple(row)
+        return rows
 
     async def _admit(self, rows, indexes, problems, context: RequestContext, keyed_site):
         """Keep the rows whose site may send them; the others join `problems`."""
@@ -524,9 +557,15 @@ class Collector:
         return b"".join(chunks), size
 
     async def tracker(self, request: Request) -> Response:
-        headers = {"Cache-Control": "public, max-age=300", "ETag": self.tracker_etag}
-        if request.headers.get("if-none-match") == self.tracker_etag:
+        gzipped = "gzip" in request.headers.get("accept-encoding", "")
+        # Each encoding is its own representation, so its own ETag.
+        etag = self.tracker_etag[:-1] + '-gz"' if gzipped else self.tracker_etag
+        headers = {"Cache-Control": "public, max-age=300", "ETag": etag, "Vary": "Accept-Encoding"}
+        if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
+        if gzipped:
+            return Response(self.tracker_gz, media_type="application/javascript",
+                            headers={**headers, "Content-Encoding": "gzip"})
         return Response(self.tracker_js, media_type="application/javascript", headers=headers)
 
     async def healthz(self, request: Request) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,10 @@ from pixelpipe.core.settings import Settings
 MAX_DEPTH = 32
 EVENT_TYPE_MAX = 50
 ID_MAX = 100
+EVENT_ID_MAX = 200
+# Client event ids that are not UUIDs (some SDKs' messageIds) map to a UUID in this namespace,
+# always the same one for the same text, so a re-sent event is still recognised.
+_EVENT_ID_NAMESPACE = uuid.UUID("5f1c4a0e-3a8b-4c6e-9a55-7d2f0b8e1c41")
 PATH_MAX = 500
 # Caps on what a client can make us store per row beyond its own body (docs/security.md).
 URL_MAX = 2048
@@ -158,7 +163,7 @@ def parse_events(payload: bytes, limits: Limits) -> tuple[list, dict]:
         if not isinstance(events, list):
             raise BodyRejected(400, "malformed_batch",
                                'A batch envelope needs "events": a JSON array of event objects.')
-        envelope = {k: document[k] for k in ("siteId", "sessionId", "visitorId", "url") if k in document}
+        envelope = {k: document[k] for k in ("siteId", "sessionId", "visitorId", "url", "cookieless") if k in document}
     elif isinstance(document, list):
         events = document
     elif isinstance(document, dict):
@@ -217,6 +222,19 @@ def _text(value, limit: int | None = None) -> str | None:
         return None
     text = value if isinstance(value, str) else str(value)
     return text[:limit] if limit else text
+
+
+def event_id(value) -> uuid.UUID:
+    """The client's eventId (the export removes re-sent copies), else a new random one."""
+    if value is None or value == "":
+        return uuid.uuid4()
+    if not isinstance(value, str) or len(value) > EVENT_ID_MAX:
+        raise EventRejected("invalid_event_id",
+                            f'"eventId" must be a string of at most {EVENT_ID_MAX} characters.')
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return uuid.uuid5(_EVENT_ID_NAMESPACE, value)
 
 
 def parse_timestamp(value, fallback: datetime) -> datetime:
@@ -354,6 +372,7 @@ def event_row(event, context: RequestContext, envelope: dict | None = None) -> t
         except ValueError:
             path = None
     return (
+        event_id(event.get("eventId")),
         event_type,
         _text(event.get("sessionId", defaults.get("sessionId")), ID_MAX),
         _text(event.get("visitorId", defaults.get("visitorId")), ID_MAX),

@@ -39,6 +39,7 @@ class CollectorMetrics:
         self.events_rejected = 0
         self.requests_refused = 0  # 503: queue full or database down
         self.flush_failures = 0
+        self.bot_events = 0  # dead-lettered as `bot` (PIXELPIPE_DROP_BOTS)
         self.rate_limited = 0  # 429: over PIXELPIPE_RATE_LIMIT_PER_IP or _PER_SITE
         self.queue_rows = 0
         self.flush_rows = Histogram(
@@ -61,6 +62,9 @@ class CollectorMetrics:
              self.events_accepted),
             ("pixelpipe_events_rejected_total", "Events and bodies committed to events_rejected.",
              "counter", self.events_rejected),
+            ("pixelpipe_bot_events_total",
+             "Events whose user agent is a known crawler's, dead-lettered as `bot`.",
+             "counter", self.bot_events),
             ("pixelpipe_requests_refused_total", "Requests answered 503 (queue full or database down).",
              "counter", self.requests_refused),
             ("pixelpipe_requests_rate_limited_total",

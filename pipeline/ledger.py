@@ -136,3 +136,16 @@ def mark_check(conn: psycopg.Connection, hour: datetime, column: str, passed: bo
             conn.execute(
                 "UPDATE export_manifest SET verified_at = CASE WHEN %s THEN now() END "
                 "WHERE ingest_hour = %s", (passed, hour))
+
+
+def resent_rows(conn: psycopg.Connection, hour: datetime) -> set[int]:
+    """Row ids an export of the hour left out as re-sent copies of earlier events."""
+    return {row_id for (row_id,) in conn.execute(
+        "SELECT id FROM export_duplicates WHERE ingest_hour = %s", (hour,))}
+
+
+def record_resent_rows(conn: psycopg.Connection, hour: datetime, ids: set[int]) -> None:
+    if ids:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO export_duplicates (ingest_hour, id) VALUES (%s, %s) "
+                            "ON CONFLICT DO NOTHING", [(hour, row_id) for row_id in sorted(ids)])

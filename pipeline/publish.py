@@ -10,12 +10,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.export_files import hour_prefix, object_key, write_hour_files
+from pipeline.export_files import hour_prefix, object_key, resent_row_ids, write_hour_files
 from pipeline.ledger import (
     SiteExport,
     client_locations,
     previous_keys,
     record_location,
+    record_resent_rows,
+    resent_rows,
     site_destinations,
 )
 from pipeline.object_store import copy_object, delete_keys, list_keys, upload_file
@@ -38,14 +40,25 @@ def _upload_both(client, path: Path, client_bucket: str, client_key: str, backup
 def publish_hour(conn, database_url: str, client, settings: PipelineSettings, hour: datetime) -> list[SiteExport]:
     """Read the hour into per-site files and put each in both buckets; what was written, per site.
 
-    Each place a site's files go is recorded (export_locations) before the first upload there."""
+    Each place a site's files go is recorded (export_locations) before the first upload there.
+    Re-sent copies of events are left out; which rows those were is recorded (export_duplicates)
+    before any file is written, so a re-export leaves out the same rows even once the earlier
+    hour they repeat is purged."""
     destinations = site_destinations(conn, settings.client_bucket)
     sites: dict[str, SiteExport] = {}
+    recorded = resent_rows(conn, hour)
     # Uploads run beside the next file's writing; at most a few finished files wait on disk.
     with tempfile.TemporaryDirectory(prefix="pixelpipe-export-") as spool, \
             ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as uploads:
+        resent = uploads.submit(resent_row_ids, database_url, hour)  # beside the export's sort
+
+        def left_out() -> set[int]:
+            ids = resent.result() | recorded
+            record_resent_rows(conn, hour, ids - recorded)
+            return ids
+
         pending: list[Future] = []
-        for file in write_hour_files(database_url, hour, Path(spool), settings.rows_per_file):
+        for file in write_hour_files(database_url, hour, Path(spool), settings.rows_per_file, left_out=left_out):
             site = sites.get(file.site_id)
             if site is None:
                 bucket, prefix = destinations.get(file.site_id, (settings.client_bucket, ""))

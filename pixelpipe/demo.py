@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -49,7 +50,7 @@ def write_history(database_url: str, now: datetime, rng: random.Random) -> int:
                     for _ in range(rng.randint(150, 400)):
                         created = first + timedelta(hours=hour, seconds=rng.uniform(0, 3599))
                         event = _event(site, origin, rng, created - timedelta(seconds=rng.uniform(0, 90)))
-                        copy.write_row((event["eventType"], event["sessionId"], event["visitorId"], site,
+                        copy.write_row((uuid.uuid4(), event["eventType"], event["sessionId"], event["visitorId"], site,
                                         event["timestamp"], event["url"], urlsplit(event["url"]).path,
                                         "Mozilla/5.0 (demo)", f"203.0.113.{rng.randrange(1, 255)}",
                                         orjson.dumps(event).decode(), created))
@@ -59,7 +60,9 @@ def write_history(database_url: str, now: datetime, rng: random.Random) -> int:
 
 def live_traffic(collector_url: str, stopping: threading.Event, rng: random.Random) -> None:
     """A few requests a second: batches, single events, pixels, now and then a bad one."""
-    with httpx.Client(base_url=collector_url, timeout=10) as client:
+    # A browser's user agent: the collector drops crawlers' (and HTTP libraries') as bots.
+    browser = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+    with httpx.Client(base_url=collector_url, timeout=10, headers={"User-Agent": browser}) as client:
         tick = 0
         while not stopping.wait(0.5):
             tick += 1

@@ -14,7 +14,7 @@ from psycopg import sql
 
 # The columns the collector writes, in COPY order.
 EVENT_COLUMNS = (
-    "event_type", "session_id", "visitor_id", "site_id", "timestamp",
+    "event_id", "event_type", "session_id", "visitor_id", "site_id", "timestamp",
     "url", "path", "user_agent", "ip_address", "raw_event_data",
 )
 

@@ -94,6 +94,7 @@ class Settings:
     cors_origins: tuple[str, ...] = setting("PIXELPIPE_CORS_ORIGINS", ("*",), "allowed origins, comma-separated")
     trusted_proxies: tuple[str, ...] = setting("PIXELPIPE_TRUSTED_PROXIES", (), "proxies whose X-Forwarded-For counts")
     anonymize_ip: bool = setting("PIXELPIPE_ANONYMIZE_IP", False, "store truncated addresses only")
+    drop_bots: bool = setting("PIXELPIPE_DROP_BOTS", True, "dead-letter events from crawlers' user agents")
     site_policy: str = setting("PIXELPIPE_SITE_POLICY", "open", "which sites may send", ("open", "allowlist"))
     new_sites_per_hour: int = setting("PIXELPIPE_NEW_SITES_PER_HOUR", 1000, "unseen sites admitted per hour")
     rate_limit_per_ip: float = setting("PIXELPIPE_RATE_LIMIT_PER_IP", 0.0, "events/s per address and worker; 0: off")

@@ -42,7 +42,9 @@ class CollectorProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pixelpipe.cli", "collector", "--port", str(self.port),
              "--workers", str(workers)],
-            env={**os.environ, "DATABASE_URL": database_url, **(env or {})},
+            # These tests send as a backend does, with an HTTP library whose user agent is on the
+            # crawler list: keep its events (the browser tests cover PIXELPIPE_DROP_BOTS).
+            env={**os.environ, "DATABASE_URL": database_url, "PIXELPIPE_DROP_BOTS": "false", **(env or {})},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + 30

@@ -239,3 +239,17 @@ def test_readyz_is_503_when_the_database_is_unreachable():
     assert response.status_code == 503
     assert post_response.status_code == 503
     assert post_response.headers["retry-after"]
+
+
+def test_the_tracker_is_small_cacheable_and_served_gzipped(client):
+    plain = client.get("/t.js", headers={"Accept-Encoding": "identity"})
+    gzipped = client.get("/t.js", headers={"Accept-Encoding": "gzip, br"})
+    assert gzipped.headers["content-encoding"] == "gzip" and gzipped.text == plain.text
+    assert int(gzipped.headers["content-length"]) <= 3 * 1024  # the budget, docs/tracker.md
+    for response in (plain, gzipped):
+        assert response.headers["cache-control"] == "public, max-age=300"
+        assert "Accept-Encoding" in response.headers["vary"]
+        again = client.get("/t.js", headers={"If-None-Match": response.headers["etag"],
+                                             "Accept-Encoding": response.request.headers["accept-encoding"]})
+        assert again.status_code == 304 and again.content == b""
+    assert plain.headers["etag"] != gzipped.headers["etag"]

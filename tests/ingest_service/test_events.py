@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from ingest_service.events import (
+    EVENT_COLUMNS,
     EventRejected,
     RequestContext,
     anonymize_ip,
@@ -21,11 +22,7 @@ CTX = RequestContext(NOW, "203.0.113.9", "Mozilla/5.0 test", "https://shop.examp
 
 
 def row(event):
-    return dict(zip(
-        ("event_type", "session_id", "visitor_id", "site_id", "timestamp", "url", "path",
-         "user_agent", "ip_address", "raw_event_data"),
-        event_row(event, CTX), strict=True,
-    ))
+    return dict(zip(EVENT_COLUMNS, event_row(event, CTX), strict=True))
 
 
 def test_site_id_is_derived_from_the_page_host():
@@ -130,3 +127,20 @@ def test_forwarded_for_is_trusted_only_from_configured_proxies():
     assert client_ip("127.0.0.1", "6.6.6.6, 198.51.100.7, 127.0.0.2", proxies) == "198.51.100.7"
     assert client_ip("203.0.113.5", "198.51.100.7", proxies) == "203.0.113.5"
     assert client_ip("127.0.0.1", "198.51.100.7", ()) == "127.0.0.1"
+
+
+def test_the_clients_event_id_is_kept_and_other_ids_map_to_the_same_uuid_each_time():
+    import uuid
+
+    given = "0b7a2c4e-55f1-4c1e-9d7e-3f6a1b2c3d4e"
+    assert str(row({"eventType": "x", "siteId": "s", "eventId": given})["event_id"]) == given
+    # Some SDKs' message ids are not UUIDs: the same text always gives the same UUID.
+    first = row({"eventType": "x", "siteId": "s", "eventId": "ajs-next-17"})["event_id"]
+    assert first == row({"eventType": "x", "siteId": "s", "eventId": "ajs-next-17"})["event_id"]
+    assert first != row({"eventType": "x", "siteId": "s", "eventId": "ajs-next-18"})["event_id"]
+    # None given: a fresh random id per event.
+    assert isinstance(row({"eventType": "x", "siteId": "s"})["event_id"], uuid.UUID)
+    assert row({"eventType": "x", "siteId": "s"})["event_id"] != row({"eventType": "x", "siteId": "s"})["event_id"]
+    with pytest.raises(EventRejected) as rejected:
+        row({"eventType": "x", "siteId": "s", "eventId": 12})
+    assert rejected.value.code == "invalid_event_id"

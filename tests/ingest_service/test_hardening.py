@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -179,13 +180,14 @@ def test_values_postgres_would_refuse_are_validated_first(client, db, event, sta
 
 def test_a_row_the_database_refuses_is_isolated_and_the_rest_of_the_group_commits(database_url, db):
     db.execute("ALTER TABLE events_log ADD CONSTRAINT no_poison CHECK (event_type <> 'poison')")
-    row = ("e", None, None, "s", datetime.now(UTC), None, None, None, None, "{}")
+    def row(event_type="e"):  # EVENT_COLUMNS order; each event its own id
+        return (uuid.uuid4(), event_type, None, None, "s", datetime.now(UTC), None, None, None, None, "{}")
 
     async def scenario():
         writer = EventWriter(database_url, CollectorMetrics())
         writes = [asyncio.ensure_future(writer.write(rows, [], lambda i, why: (
             f"database_refused: {why}", "/test", None, None, 2, b"{}", "0" * 64)))
-            for rows in ([row] * 3, [row, ("poison", *row[1:]), row], [row] * 2)]
+            for rows in ([row(), row(), row()], [row(), row("poison"), row()], [row(), row()])]
         await asyncio.sleep(0)  # all three queued: one group
         await writer.start()
         results = await asyncio.gather(*writes)

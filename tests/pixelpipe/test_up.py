@@ -79,7 +79,8 @@ def test_up_ingests_exports_through_dagster_and_stops_cleanly(state_dir):
                    FROM generate_series(1, 40) n""", (hour, hour + timedelta(minutes=30)))
         # Events posted now, through the collector.
         acknowledged = [
-            httpx.post(f"{collector}/collect", json={"eventType": "click", "siteId": "live", "n": n}).status_code
+            httpx.post(f"{collector}/collect", json={"eventType": "click", "siteId": "live", "n": n},
+                       headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0"}).status_code
             for n in range(20)]
         assert acknowledged == [200] * 20
 
