@@ -7,6 +7,7 @@ import io
 import json
 from datetime import timedelta
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 
@@ -35,7 +36,8 @@ def rows_arrive(db, site: str, count: int, message: str, page=None) -> list:
     return wait_for(lambda: (found := rows(db, site)) and len(found) >= count and found, message, page=page)
 
 
-def test_pageview_clicks_scroll_and_spa_routes_arrive_as_one_beacon_batch_at_unload(browser, site, db):
+def test_pageview_clicks_scroll_and_spa_routes_arrive_as_one_beacon_batch_at_unload(browser, site, db,
+                                                                                    live_collector):
     url = site.page("/shop", BUTTON + TALL, site_id="shop", batch_size="50", keep_query="ref")
     page = browser().new_page()
     visit(page, url + "?utm_source=news&ref=friend&token=s3cret&email=a%40b.c#section")
@@ -54,7 +56,10 @@ def test_pageview_clicks_scroll_and_spa_routes_arrive_as_one_beacon_batch_at_unl
     kinds = [r[0] for r in found]
     assert kinds.count("pageview") == 4  # load, pushState, replaceState to a new path, popstate
     assert kinds.count("click") == 1 and kinds.count("scroll") == 4
-    assert len({r[5] for r in found}) == 1  # one request, one commit: one created_at
+    # The collector saw one request carrying all nine: the beacon, nothing before it.
+    metrics = httpx.get(f"{live_collector.url}/metrics").text
+    assert "pixelpipe_request_events_count 1\n" in metrics and "pixelpipe_request_events_sum 9.0\n" in metrics
+    assert len({r[5] for r in found}) == 1  # one commit: one created_at
     first = found[0]
     assert first[1] == site.origin + "/shop?utm_source=news&ref=friend"  # no token, email, fragment
     assert first[2] == "/shop" and first[4] == DESKTOP_UA and first[3]
@@ -188,8 +193,6 @@ def test_do_not_track_and_global_privacy_control_send_nothing_unless_the_site_ov
 
 
 def test_a_crawler_is_dead_lettered_as_bot_and_counted(browser, site, db, live_collector):
-    import httpx
-
     page = browser(user_agent="Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)").new_page()
     page.goto(site.page("/", site_id="crawled", batch_size="1"))
     reason = wait_for(lambda: db.execute("SELECT reason FROM events_rejected WHERE reason LIKE 'bot:%'").fetchone(),
