@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 import uuid
 import zlib
@@ -224,17 +225,32 @@ def _text(value, limit: int | None = None) -> str | None:
     return text[:limit] if limit else text
 
 
+def server_event_id() -> uuid.UUID:
+    """A random id for an event sent without one: UUID version 8, which marks it as ours.
+
+    Only client ids can repeat (a re-send), so the export looks for duplicates among the others
+    only (sql/010_tracker_privacy.sql makes the column default the same kind of id).
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x80
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return uuid.UUID(bytes=bytes(raw))
+
+
 def event_id(value) -> uuid.UUID:
-    """The client's eventId (the export removes re-sent copies), else a new random one."""
+    """The client's eventId (the export removes re-sent copies), else a new server id."""
     if value is None or value == "":
-        return uuid.uuid4()
+        return server_event_id()
     if not isinstance(value, str) or len(value) > EVENT_ID_MAX:
         raise EventRejected("invalid_event_id",
                             f'"eventId" must be a string of at most {EVENT_ID_MAX} characters.')
     try:
-        return uuid.UUID(value)
+        given = uuid.UUID(value)
     except ValueError:
+        given = None
+    if given is None or given.version == 8:  # version 8 is reserved for server ids
         return uuid.uuid5(_EVENT_ID_NAMESPACE, value)
+    return given
 
 
 def parse_timestamp(value, fallback: datetime) -> datetime:

@@ -55,12 +55,13 @@ ORDER BY site_id, id
 
 # Re-sent events: rows of the hour whose (site_id, event_id) was already ingested earlier in the
 # hour or in the hour before it (a client retrying after a lost answer). The earliest copy is the
-# one exported. Finding them is one hash aggregate over two hours (~0.7-1 s a million rows); it
-# runs beside the export's own sort, which takes longer, so the hour is rarely slower for it.
+# one exported. Only ids clients sent can repeat; the collector's own are UUID version 8 and are
+# skipped. The search runs beside the export's own sort (docs/benchmarks.md has its cost).
 _RESENT_QUERY = """
 WITH repeated AS (
     SELECT site_id, event_id FROM events_log
     WHERE created_at >= %(before)s AND created_at < %(end)s
+      AND get_byte(uuid_send(event_id), 6) >> 4 <> 8  -- server-made ids (version 8) never repeat
     GROUP BY site_id, event_id HAVING count(*) > 1
 ), copies AS (
     SELECT e.id, e.created_at,
@@ -78,7 +79,8 @@ def resent_row_ids(database_url: str, hour: datetime) -> set[int]:
     """Ids of the hour's rows that repeat an event already ingested (see _RESENT_QUERY)."""
     bounds = {"before": hour - RESENT_WINDOW, "start": hour, "end": hour + timedelta(hours=1)}
     with psycopg.connect(database_url) as conn:
-        conn.execute("SET work_mem = '64MB'")
+        # One process: a parallel plan would have each worker build the whole aggregate again.
+        conn.execute("SET work_mem = '64MB'; SET max_parallel_workers_per_gather = 0")
         return {row_id for (row_id,) in conn.execute(_RESENT_QUERY, bounds)}
 
 
