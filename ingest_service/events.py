@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import os
+import random
 import re
 import uuid
 import zlib
@@ -29,6 +29,9 @@ EVENT_ID_MAX = 200
 # Client event ids that are not UUIDs (some SDKs' messageIds) map to a UUID in this namespace,
 # always the same one for the same text, so a re-sent event is still recognised.
 _EVENT_ID_NAMESPACE = uuid.UUID("5f1c4a0e-3a8b-4c6e-9a55-7d2f0b8e1c41")
+# UUID version 8 (bits 76-79) and the RFC 4122 variant (bits 62-63).
+_V8_MASK = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_V8_BITS = (0x8 << 76) | (0x2 << 62)
 PATH_MAX = 500
 # Caps on what a client can make us store per row beyond its own body (docs/security.md).
 URL_MAX = 2048
@@ -225,19 +228,19 @@ def _text(value, limit: int | None = None) -> str | None:
     return text[:limit] if limit else text
 
 
-def server_event_id() -> uuid.UUID:
+def server_event_id() -> str:
     """A random id for an event sent without one: UUID version 8, which marks it as ours.
 
     Only client ids can repeat (a re-send), so the export looks for duplicates among the others
-    only (sql/010_tracker_privacy.sql makes the column default the same kind of id).
+    only (sql/010_tracker_privacy.sql makes the column default the same kind of id). The id
+    needs to be unique, not secret: 122 bits from `random` (reseeded in each forked worker), as
+    the 32 hex digits PostgreSQL accepts for a uuid. It is made for every pixel and most events:
+    0.4 µs, where uuid.uuid4() and str() of it take 5 µs (docs/benchmarks.md).
     """
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x80
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return uuid.UUID(bytes=bytes(raw))
+    return "%032x" % ((random.getrandbits(128) & _V8_MASK) | _V8_BITS)
 
 
-def event_id(value) -> uuid.UUID:
+def event_id(value) -> uuid.UUID | str:
     """The client's eventId (the export removes re-sent copies), else a new server id."""
     if value is None or value == "":
         return server_event_id()

@@ -139,7 +139,7 @@ def test_the_clients_event_id_is_kept_and_other_ids_map_to_the_same_uuid_each_ti
     assert first == row({"eventType": "x", "siteId": "s", "eventId": "ajs-next-17"})["event_id"]
     assert first != row({"eventType": "x", "siteId": "s", "eventId": "ajs-next-18"})["event_id"]
     # None given: a fresh random id per event, version 8 (ours, never a re-send).
-    assert row({"eventType": "x", "siteId": "s"})["event_id"].version == 8
+    assert uuid.UUID(row({"eventType": "x", "siteId": "s"})["event_id"]).version == 8
     # A client's version-8 UUID is mapped, so version 8 always means a server id.
     client_v8 = str(row({"eventType": "x", "siteId": "s"})["event_id"])
     assert row({"eventType": "x", "siteId": "s", "eventId": client_v8})["event_id"].version == 5
