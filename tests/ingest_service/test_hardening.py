@@ -308,3 +308,28 @@ def test_bad_admission_settings_name_the_variable(monkeypatch):
     with pytest.raises(Exception, match="PIXELPIPE_SITE_POLICY"):
         Settings.from_env()
     assert replace(Settings(), site_policy="allowlist").site_policy == "allowlist"
+
+
+# --- bots ----------------------------------------------------------------------------------------
+
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+def test_crawlers_are_dead_lettered_as_bot_unless_turned_off(database_url, db):
+    event = {"eventType": "pageview", "siteId": "crawled", "url": "https://crawled.example/"}
+    with make_client(database_url) as collector:
+        refused = collector.post("/collect", json=event, headers={"User-Agent": GOOGLEBOT})
+        # A server forwarding the visitor's user agent in the event is judged by that one.
+        forwarded = collector.post("/collect", json={**event, "userAgent": GOOGLEBOT},
+                                   headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0"})
+        metrics = collector.get("/metrics").text
+    assert (refused.status_code, refused.json()["error"]) == (400, "bot")
+    assert (forwarded.status_code, forwarded.json()["error"]) == (400, "bot")
+    assert "pixelpipe_bot_events_total 2" in metrics
+    assert [r.split(":")[0] for r in reasons(db)] == ["bot", "bot"]
+    assert db.execute("SELECT count(*) FROM events_log").fetchone()[0] == 0
+
+    with make_client(database_url, drop_bots=False) as collector:
+        kept = collector.post("/collect", json=event, headers={"User-Agent": GOOGLEBOT})
+    assert kept.status_code == 200
+    assert db.execute("SELECT user_agent FROM events_log").fetchall() == [(GOOGLEBOT,)]
