@@ -21,7 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-# The explicit Arrow schema of every exported file (the client's contract).
+# The explicit Arrow schema of every exported file: the client's contract (names, order, types),
+# tested in tests/pipeline/test_export_schema.py. A change to it is a new EXPORT_SCHEMA_VERSION,
+# which every file carries in its key-value metadata.
+# Version 2: raw_event_data has Parquet's JSON logical type (engines read it as JSON).
+EXPORT_SCHEMA_VERSION = 2
 EXPORT_SCHEMA = pa.schema([
     pa.field("id", pa.int64(), nullable=False),
     pa.field("event_id", pa.string(), nullable=False),
@@ -34,10 +38,10 @@ EXPORT_SCHEMA = pa.schema([
     pa.field("path", pa.string()),
     pa.field("user_agent", pa.string()),
     pa.field("ip_address", pa.string()),
-    pa.field("raw_event_data", pa.string(), nullable=False,
-             metadata={"format": "json"}),
+    pa.field("raw_event_data", pa.json_(), nullable=False),
     pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-])
+], metadata={"pixelpipe.schema_version": str(EXPORT_SCHEMA_VERSION)})
+_RAW = EXPORT_SCHEMA.get_field_index("raw_event_data")
 # Dictionary encoding pays off only where values repeat; on ids, URLs and raw JSON it is built
 # and then abandoned. Statistics serve readers' predicate pushdown and the tenant check.
 _DICTIONARY_COLUMNS = ["event_type", "session_id", "visitor_id", "site_id", "path", "user_agent",
@@ -171,8 +175,11 @@ def _hour_batches(database_url: str, hour: datetime) -> Iterator[pa.RecordBatch]
     with adbc.connect(database_url) as conn, conn.cursor() as cursor:
         cursor.execute(query)
         for batch in cursor.fetch_record_batch():
-            # Same types; this only drops the driver's per-field metadata.
-            yield pa.RecordBatch.from_arrays(batch.columns, schema=EXPORT_SCHEMA)
+            # Same types, raw_event_data's text tagged as JSON (no copy); the driver's per-field
+            # metadata dropped.
+            columns = list(batch.columns)
+            columns[_RAW] = pa.ExtensionArray.from_storage(pa.json_(), columns[_RAW])
+            yield pa.RecordBatch.from_arrays(columns, schema=EXPORT_SCHEMA)
 
 
 def _sha256(path: Path) -> str:
