@@ -13,6 +13,8 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
+from pixelpipe.core.receipts import HourSummary
+
 
 @dataclass
 class SiteExport:
@@ -27,6 +29,9 @@ class SiteExport:
     client_keys: list[str] = field(default_factory=list)
     backup_keys: list[str] = field(default_factory=list)
     sha256: list[str] = field(default_factory=list)
+    # For the receipt: each file's {name, bytes, rows, sha256}, and the rows' summary.
+    receipt_files: list[dict] = field(default_factory=list)
+    summary: HourSummary = field(default_factory=HourSummary)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,16 @@ from __future__ import annotations
 import tempfile
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.export_files import hour_prefix, object_key, resent_row_ids, write_hour_files
+from pipeline.export_files import (
+    EXPORT_SCHEMA_VERSION,
+    hour_prefix,
+    object_key,
+    resent_row_ids,
+    write_hour_files,
+)
 from pipeline.ledger import (
     SiteExport,
     client_locations,
@@ -22,6 +28,7 @@ from pipeline.ledger import (
 )
 from pipeline.object_store import copy_object, delete_keys, list_keys, upload_file
 from pipeline.resources import PipelineSettings
+from pixelpipe.core.receipts import RECEIPT_NAME, HourSummary, receipt_bytes
 
 UPLOAD_THREADS = 4
 
@@ -47,6 +54,7 @@ def publish_hour(conn, database_url: str, client, settings: PipelineSettings, ho
     destinations = site_destinations(conn, settings.client_bucket)
     sites: dict[str, SiteExport] = {}
     recorded = resent_rows(conn, hour)
+    summaries: dict[str, HourSummary] = {}
     # Uploads run beside the next file's writing; at most a few finished files wait on disk.
     with tempfile.TemporaryDirectory(prefix="pixelpipe-export-") as spool, \
             ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as uploads:
@@ -58,7 +66,8 @@ def publish_hour(conn, database_url: str, client, settings: PipelineSettings, ho
             return ids
 
         pending: list[Future] = []
-        for file in write_hour_files(database_url, hour, Path(spool), settings.rows_per_file, left_out=left_out):
+        for file in write_hour_files(database_url, hour, Path(spool), settings.rows_per_file,
+                                     left_out=left_out, summaries=summaries):
             site = sites.get(file.site_id)
             if site is None:
                 bucket, prefix = destinations.get(file.site_id, (settings.client_bucket, ""))
@@ -73,11 +82,39 @@ def publish_hour(conn, database_url: str, client, settings: PipelineSettings, ho
             site.client_keys.append(client_key)
             site.backup_keys.append(backup_key)
             site.sha256.append(file.sha256)
+            site.receipt_files.append(
+                {"name": backup_key.rsplit("/", 1)[1], "bytes": file.bytes, "rows": file.rows, "sha256": file.sha256})
             while len(pending) > 2 * UPLOAD_THREADS:
                 pending.pop(0).result()  # re-raises an upload's failure: the run fails here
         for future in pending:
             future.result()
+    for site in sites.values():
+        site.summary = summaries[site.site_id]
     return list(sites.values())
+
+
+def receipt_keys(site: SiteExport, hour: datetime) -> tuple[str, str]:
+    """(client key, backup key) of a site-hour's receipt."""
+    return (hour_prefix(site.site_id, hour, site.client_prefix) + RECEIPT_NAME,
+            hour_prefix(site.site_id, hour) + RECEIPT_NAME)
+
+
+def write_receipts(conn, client, settings: PipelineSettings, hour: datetime, exported: list[SiteExport]) -> None:
+    """Once every data file of the hour is in place: a receipt in both buckets for every site
+    with rows in the hour, and a 0-row one for every other site known by then (an empty hour is
+    proven empty, not just absent)."""
+    destinations = site_destinations(conn, settings.client_bucket)
+    sites = {site.site_id: site for site in exported}
+    exported_at = datetime.now(UTC)
+    known = [site for (site,) in conn.execute(
+        "SELECT site_id FROM sites WHERE first_seen_at IS NULL OR first_seen_at <= %s", (hour,))]
+    for site_id in sorted(set(sites) | set(known)):
+        site = sites.get(site_id) or SiteExport(site_id, *destinations.get(site_id, (settings.client_bucket, "")))
+        body = receipt_bytes(site_id, hour, site.receipt_files, site.summary, EXPORT_SCHEMA_VERSION, exported_at)
+        client_key, backup_key = receipt_keys(site, hour)
+        client.put_object(Bucket=settings.backup_bucket, Key=backup_key, Body=body,
+                          ContentType="application/json")
+        client.put_object(Bucket=site.client_bucket, Key=client_key, Body=body, ContentType="application/json")
 
 
 def remove_stale_objects(conn, client, backup_bucket: str, hour: datetime, exported: list[SiteExport]) -> int:
@@ -85,6 +122,9 @@ def remove_stale_objects(conn, client, backup_bucket: str, hour: datetime, expor
     bucket or prefix used to be; returns how many objects went."""
     written = {(s.client_bucket, k) for s in exported for k in s.client_keys}
     written |= {(backup_bucket, k) for s in exported for k in s.backup_keys}
+    for site in exported:
+        client_receipt, backup_receipt = receipt_keys(site, hour)
+        written |= {(site.client_bucket, client_receipt), (backup_bucket, backup_receipt)}
     existing = previous_keys(conn, hour)
     places = {(bucket, prefix) for _, bucket, prefix in client_locations(conn, hour)}
     for site in exported:

@@ -81,6 +81,34 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Check a bucket against its receipts with S3 read access only: no database, no stack."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from pixelpipe.backfill import parse_hour
+    from pixelpipe.core.receipts import verify_location
+    from pixelpipe.core.s3 import s3_client
+
+    if not args.target.startswith("s3://") or len(args.target) <= 5:
+        raise PixelpipeError(f"{args.target!r} is not a bucket: write it as s3://BUCKET or s3://BUCKET/PREFIX.")
+    bucket, _, prefix = args.target[5:].partition("/")
+    start = parse_hour(args.start, "--from") if args.start else None
+    end = parse_hour(args.end, "--to") if args.end else None
+    client = s3_client(settings.s3_endpoint, settings.aws_access_key_id, settings.aws_secret_access_key,
+                       settings.aws_region)
+    try:
+        checked, problems = verify_location(client, bucket, prefix, args.site, start, end)
+    except (BotoCoreError, ClientError) as error:
+        raise PixelpipeError(f"cannot read s3://{bucket}/{prefix}: {error}. Check PIXELPIPE_S3_ENDPOINT "
+                             "and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (read access is enough).") from None
+    for problem in problems:
+        print(problem)
+    summary = f"{checked} site-hours checked under {args.target}: "
+    print(summary + (f"{len(problems)} problems" if problems else "all match their receipts"),
+          file=sys.stderr)
+    return 1 if problems else 0
+
+
 def _site_parser(sub) -> None:
     site = sub.add_parser("site", help="manage tenants: list, add, set, key")
     site.set_defaults(func=cmd_site)
@@ -126,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--from", dest="start", required=True, metavar="HOUR", help="first ingest hour, e.g. 2026-11-24-00:00 (UTC)")
     backfill.add_argument("--to", dest="end", required=True, metavar="HOUR", help="last ingest hour, inclusive")
     backfill.set_defaults(func=cmd_backfill)
+
+    verify = sub.add_parser("verify", help="check a bucket's files against their receipts (S3 read access only)")
+    verify.add_argument("target", metavar="s3://BUCKET[/PREFIX]")
+    verify.add_argument("--site", help="only this site")
+    verify.add_argument("--from", dest="start", metavar="HOUR", help="first ingest hour, e.g. 2026-11-24-00:00 (UTC)")
+    verify.add_argument("--to", dest="end", metavar="HOUR", help="last ingest hour, inclusive")
+    verify.set_defaults(func=cmd_verify)
 
     up = sub.add_parser("up", help="run PostgreSQL, S3, the collector and Dagster locally")
     up.add_argument("--demo", action="store_true", help="serve /demo and generate traffic")

@@ -20,7 +20,7 @@ from dagster_aws.s3 import S3Resource
 from pipeline.assets.events_log import events_log
 from pipeline.ledger import SiteExport, hour_state, record_export, unverify_hour
 from pipeline.partitions import hourly_backfill_policy, hourly_partitions, run_hours
-from pipeline.publish import publish_hour, remove_stale_objects
+from pipeline.publish import publish_hour, remove_stale_objects, write_receipts
 from pipeline.resources import PipelineSettings, PostgresResource
 from pixelpipe.core.events_log import seal_hour as events_log_seal_hour
 
@@ -117,6 +117,7 @@ def export_hour(conn, database_url: str, client, settings: PipelineSettings, hou
             "retention; this run refuses to replace the existing files with an empty export.",
         )
     stale = remove_stale_objects(conn, client, settings.backup_bucket, hour, exported)
+    write_receipts(conn, client, settings, hour, exported)  # every file is in place now
     # Only now, with both copies uploaded, does the ledger say the hour is exported.
     record_export(conn, hour, exported, settings.backup_bucket)
     return exported, stale

@@ -21,8 +21,10 @@ COLUMNS = ", ".join(
 
 
 def objects(s3, bucket, prefix=""):
+    """The data files (not the receipts, tested in test_receipts.py) under a prefix, with ETags."""
     listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
-    return {item["Key"]: item["ETag"] for item in listing.get("Contents", [])}
+    return {item["Key"]: item["ETag"] for item in listing.get("Contents", [])
+            if not item["Key"].endswith("/_receipt.json")}
 
 
 def read_rows(s3, bucket, keys):

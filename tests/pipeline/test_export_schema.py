@@ -30,7 +30,7 @@ def test_an_exported_file_has_the_versioned_schema_and_json_typed_raw_events(res
     hour = closed_hour(3)
     seed_events(db, hour, "contract", 5, plan={"tier": "pro"})
     assert materialize_export(resources, partition=partition_key(hour)).success
-    [key] = [o["Key"] for o in s3.list_objects_v2(Bucket=buckets["client"])["Contents"]]
+    [key] = [o["Key"] for o in s3.list_objects_v2(Bucket=buckets["client"])["Contents"] if o["Key"].endswith(".parquet")]
     file = pq.ParquetFile(io.BytesIO(s3.get_object(Bucket=buckets["client"], Key=key)["Body"].read()))
 
     parquet = file.schema
