@@ -22,10 +22,11 @@ from pipeline.ledger import (
 from pipeline.object_store import list_keys, read_parquet_metadata
 from pipeline.partitions import hourly_partitions, run_hours
 from pipeline.resources import PipelineSettings, PostgresResource
-from pixelpipe.core.receipts import RECEIPT_NAME
+from pixelpipe.core.receipts import RECEIPT_NAME, verify_location
 
 RECONCILES = "export_reconciles"
 NO_CROSS_TENANT_ROWS = "no_cross_tenant_rows"
+RECEIPTS_MATCH = "receipts_match"
 
 
 class Footers:
@@ -130,6 +131,29 @@ def verify_tenants(conn, client, hours: list[datetime], default_bucket: str = ""
     return objects, offenders
 
 
+def verify_receipts(conn, client, hours: list[datetime], backup_bucket: str) -> tuple[int, list[str]]:
+    """Each exported site-hour, in both buckets, against its receipt: the code `pixelpipe verify`
+    runs for a client. Returns (site-hours checked, problems)."""
+    checked, problems = 0, []
+    for hour in hours:
+        for site, _, client_bucket, client_keys, _, _ in manifest_rows(conn, hour):
+            client_prefix = client_keys[0].split("site_id=", 1)[0] if client_keys else ""
+            for bucket, prefix in ((client_bucket, client_prefix), (backup_bucket, "")):
+                n, found = verify_location(client, bucket, prefix, site, hour, hour)
+                checked += n
+                problems += [str(p) for p in found]
+    return checked, problems
+
+
+def _receipts_result(checked: int, problems: list[str]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=RECEIPTS_MATCH, passed=not problems,
+        metadata={"site_hours_checked": checked,
+                  "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:50]) or "none")},
+        description=None if not problems else "The objects do not match the receipts written beside "
+        "them (the client's `pixelpipe verify` sees the same): re-run hourly_export for the hour.")
+
+
 def _reconciles_result(totals: dict, mismatches: list[str]) -> dg.AssetCheckResult:
     metadata = {f"rows_{name}": value for name, value in totals.items()}
     if mismatches:
@@ -162,6 +186,10 @@ def _tenants_result(objects: int, offenders: list[str]) -> dg.AssetCheckResult:
             NO_CROSS_TENANT_ROWS, asset=hourly_export, blocking=True, partitions_def=hourly_partitions,
             description="Every object under a client's prefix for the hour holds only that client's "
             "site_id (Parquet statistics of the site_id column, per row group)."),
+        dg.AssetCheckSpec(
+            RECEIPTS_MATCH, asset=hourly_export, partitions_def=hourly_partitions,
+            description="Each site-hour's files, in both buckets, match the _receipt.json beside them "
+            "(names, sizes, SHA-256, footer row counts): what `pixelpipe verify` checks for a client."),
     ],
 )
 def hourly_export_checks(context, postgres: PostgresResource, s3: S3Resource, settings: PipelineSettings):
@@ -171,3 +199,4 @@ def hourly_export_checks(context, postgres: PostgresResource, s3: S3Resource, se
     with postgres.get_connection(autocommit=True) as conn:
         yield _reconciles_result(*reconcile(conn, client, hours, footers))
         yield _tenants_result(*verify_tenants(conn, client, hours, settings.client_bucket, footers))
+        yield _receipts_result(*verify_receipts(conn, client, hours, settings.backup_bucket))

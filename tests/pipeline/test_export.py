@@ -62,7 +62,7 @@ def test_three_sites_three_hours_land_at_their_keys_and_read_back_exactly(resour
     for hour in hours:
         result = materialize_export(resources, partition=partition_key(hour))
         assert result.success
-        assert check_results(result) == {"export_reconciles": True, "no_cross_tenant_rows": True}
+        assert check_results(result) == {"export_reconciles": True, "no_cross_tenant_rows": True, "receipts_match": True}
         [materialization] = result.asset_materializations_for_node("hourly_export")
         assert materialization.metadata["rows"].value == db.execute(
             "SELECT count(*) FROM events_log WHERE created_at >= %s AND created_at < %s",
@@ -334,7 +334,7 @@ def test_a_resent_event_is_exported_once_within_and_across_hours_and_still_once_
 
     for exported in (earlier, hour):
         result = materialize_export(resources, partition=partition_key(exported))
-        assert check_results(result) == {"export_reconciles": True, "no_cross_tenant_rows": True}
+        assert check_results(result) == {"export_reconciles": True, "no_cross_tenant_rows": True, "receipts_match": True}
     prefix = f"site_id=resent/date={hour:%Y-%m-%d}/hour={hour:%H}/"
     kept = read_rows(s3, buckets["client"], objects(s3, buckets["client"], prefix))
     assert sorted(r[0] for r in kept) == [later[1], later[3]]  # the first copy of each event only
@@ -344,5 +344,5 @@ def test_a_resent_event_is_exported_once_within_and_across_hours_and_still_once_
     # The earlier hour's rows are gone (as after retention): a re-export is still byte-identical.
     db.execute("DELETE FROM events_log WHERE created_at >= %s AND created_at < %s", (earlier, hour))
     result = materialize_export(resources, partition=partition_key(hour))
-    assert check_results(result) == {"export_reconciles": True, "no_cross_tenant_rows": True}
+    assert check_results(result) == {"export_reconciles": True, "no_cross_tenant_rows": True, "receipts_match": True}
     assert objects(s3, buckets["client"], prefix) == before  # same ETags: same bytes

@@ -113,6 +113,12 @@ def test_pixelpipe_verify_passes_then_names_each_problem(resources, db, s3, s3_s
         f"hour={(hours[3] + (hours[3] - hours[2])):%H}/: no receipt: the hour is incomplete or was never exported"]
     # And the backup bucket, untouched, passes.
     assert verify(s3_server, f"s3://{buckets['backup']}").returncode == 0
+    # The Dagster check runs the same code over the hour's sites, in both buckets.
+    from pipeline.assets.export_checks import verify_receipts
+
+    checked, problems = verify_receipts(db, s3, [hours[0]], buckets["backup"])
+    assert checked == 4 and sorted(p.split(": ")[0] for p in problems) == sorted(
+        [f"s3://{client}/{truncated}", f"s3://{client}/{missing}"])
 
 
 def test_pixelpipe_verify_says_what_to_fix(s3_server):
