@@ -83,6 +83,8 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     """Check a bucket against its receipts with S3 read access only: no database, no stack."""
+    from datetime import UTC, datetime
+
     from botocore.exceptions import BotoCoreError, ClientError
 
     from pixelpipe.backfill import parse_hour
@@ -97,13 +99,24 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     client = s3_client(settings.s3_endpoint, settings.aws_access_key_id, settings.aws_secret_access_key,
                        settings.aws_region)
     try:
-        checked, problems = verify_location(client, bucket, prefix, args.site, start, end)
+        if args.billing:
+            from pixelpipe.core.statements import verify_statement
+
+            try:
+                month = datetime.strptime(args.billing, "%Y-%m").replace(tzinfo=UTC)
+            except ValueError:
+                raise PixelpipeError(f"--billing {args.billing!r} is not a month: write it as 2026-10.") from None
+            checked, problems = verify_statement(client, bucket, prefix, month)
+            what = f"sites of the {args.billing} statement"
+        else:
+            checked, problems = verify_location(client, bucket, prefix, args.site, start, end)
+            what = "site-hours"
     except (BotoCoreError, ClientError) as error:
         raise PixelpipeError(f"cannot read s3://{bucket}/{prefix}: {error}. Check PIXELPIPE_S3_ENDPOINT "
                              "and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (read access is enough).") from None
     for problem in problems:
         print(problem)
-    summary = f"{checked} site-hours checked under {args.target}: "
+    summary = f"{checked} {what} checked under {args.target}: "
     print(summary + (f"{len(problems)} problems" if problems else "all match their receipts"),
           file=sys.stderr)
     return 1 if problems else 0
@@ -160,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--site", help="only this site")
     verify.add_argument("--from", dest="start", metavar="HOUR", help="first ingest hour, e.g. 2026-11-24-00:00 (UTC)")
     verify.add_argument("--to", dest="end", metavar="HOUR", help="last ingest hour, inclusive")
+    verify.add_argument("--billing", metavar="YYYY-MM", help="recompute that month's statement from the receipts")
     verify.set_defaults(func=cmd_verify)
 
     up = sub.add_parser("up", help="run PostgreSQL, S3, the collector and Dagster locally")

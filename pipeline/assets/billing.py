@@ -5,7 +5,7 @@ import csv
 import io
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 import dagster as dg
 import pyarrow as pa
@@ -13,10 +13,16 @@ import pyarrow.parquet as pq
 from dagster_aws.s3 import S3Resource
 
 from pipeline.assets.export import hourly_export
+from pipeline.ledger import site_destinations
 from pipeline.partitions import hourly_partitions, monthly_partitions
 from pipeline.resources import PipelineSettings, PostgresResource
-
-CENT = Decimal("0.01")
+from pixelpipe.core.statements import (
+    amount_for,
+    month_receipts,
+    site_line,
+    statement_bytes,
+    statement_key,
+)
 
 
 @dataclass(frozen=True)
@@ -27,16 +33,6 @@ class StatementLine:
     amount_usd: Decimal
     first_seen_at: datetime | None
     new_site: bool
-
-
-def amount_for(events: int, rate_per_1000: Decimal) -> tuple[Decimal, Decimal]:
-    """(exact amount, amount rounded half-up to the cent) for a site's month.
-
-    The rounding rule: each site's monthly amount is rounded once, half-up, to whole cents;
-    the unrounded figure is kept beside it for audit.
-    """
-    exact = Decimal(events) * rate_per_1000 / Decimal(1000)
-    return exact, exact.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 def month_window(context) -> tuple[datetime, datetime]:
@@ -102,6 +98,26 @@ def compute_statement(conn, start: datetime, end: datetime, rate: Decimal) -> li
         new = first_seen is not None and start <= first_seen < end
         lines.append(StatementLine(site, events, exact, rounded, first_seen, new))
     return lines
+
+
+def statements_from_receipts(client, destinations: dict[str, tuple[str, str]], default_bucket: str,
+                             month: datetime, lines: list[StatementLine], rate: Decimal) -> dict:
+    """(bucket, prefix) -> statement.json for the client, each site's line computed from the
+    receipts in its bucket; a Failure if they disagree with the ledger (what we bill)."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    disagree = []
+    for line in lines:
+        bucket, prefix = destinations.get(line.site_id, (default_bucket, ""))
+        receipts = month_receipts(client, bucket, prefix, line.site_id, month)
+        client_line = site_line(line.site_id, receipts, rate)
+        if client_line["events"] != line.events:
+            disagree.append(f"{line.site_id}: {line.events} in the ledger, {client_line['events']} in its receipts")
+        grouped.setdefault((bucket, prefix), []).append(client_line)
+    if disagree:
+        raise dg.Failure(description=f"{month:%Y-%m} cannot be billed: the receipts in the clients' buckets "
+                         f"disagree with the export ledger ({'; '.join(disagree[:10])}). Re-run hourly_export "
+                         "for the month's hours of those sites (it rewrites files and receipts), then this month.")
+    return {place: statement_bytes(month, rate, site_lines) for place, site_lines in grouped.items()}
 
 
 def store_statement(conn, month: datetime, lines: list[StatementLine], rate: Decimal) -> None:
@@ -170,8 +186,12 @@ def monthly_billing(context: dg.AssetExecutionContext, postgres: PostgresResourc
                 "failed or have not run: re-run hourly_export for them, then re-run this month.",
                 metadata={"unverified_hours": len(unverified)})
         lines = compute_statement(conn, start, end, rate)
+        client = s3.get_client()
+        client_statements = statements_from_receipts(client, site_destinations(conn, settings.client_bucket),
+                                                     settings.client_bucket, start, lines, rate)
         store_statement(conn, start, lines, rate)
-    client = s3.get_client()
+    for (bucket, prefix), body in client_statements.items():
+        client.put_object(Bucket=bucket, Key=statement_key(prefix, start), Body=body, ContentType="application/json")
     for name, body in statement_files(start, lines).items():
         client.put_object(Bucket=settings.backup_bucket, Key=f"billing/month={start:%Y-%m}/{name}", Body=body)
     table = ["| site_id | events | amount (USD) | new site |", "|---|---:|---:|---|"]

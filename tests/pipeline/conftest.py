@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -76,3 +79,13 @@ def with_settings(resources: dict, **changes) -> dict:
     settings = resources["settings"]
     fields = {name: getattr(settings, name) for name in type(settings).model_fields}
     return {**resources, "settings": type(settings)(**{**fields, **changes})}
+
+
+def verify(s3_server, *args, env=None):
+    """`pixelpipe verify` as a client runs it: S3 endpoint and keys, no database, no stack."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PIXELPIPE_HOME")}
+    return subprocess.run(
+        [sys.executable, "-m", "pixelpipe.cli", "verify", *args], capture_output=True, text=True, timeout=120,
+        env={**clean, "PIXELPIPE_HOME": "/nonexistent", "PIXELPIPE_S3_ENDPOINT": s3_server.endpoint,
+             "AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+             **(env or {})})

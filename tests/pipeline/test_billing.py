@@ -17,7 +17,7 @@ from pipeline.assets.billing import (
 )
 from pipeline.assets.retention import apply_retention
 from pixelpipe.core.events_log import ensure_partitions
-from tests.pipeline.conftest import materialize_export, partition_key
+from tests.pipeline.conftest import materialize_export, partition_key, verify
 
 SEP, OCT = datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC)
 LAST_SEP_HOUR, FIRST_OCT_HOUR = datetime(2026, 9, 30, 23, tzinfo=UTC), OCT
@@ -136,3 +136,27 @@ def test_a_month_is_billable_only_once_its_last_hour_can_be_exported():
 
     this_month = datetime.now(UTC).strftime("%Y-%m-01")
     assert this_month not in monthly_partitions.get_partition_keys()
+
+
+def test_the_clients_statement_is_recomputed_from_its_receipts_to_the_cent(resources, db, s3, s3_server, buckets,
+                                                                          two_months_exported):
+    assert _bill(resources, "2026-10-01").success
+    key = "billing/month=2026-10/statement.json"
+    statement = orjson.loads(s3.get_object(Bucket=buckets["client"], Key=key)["Body"].read())
+    assert [(s["site_id"], s["hours"], s["events"], s["amount_usd"]) for s in statement["sites"]] == [
+        ("alpha", 1, 2499, "0.02"), ("beta", 1, 150_000, "1.50")]
+    assert statement["total_usd"] == "1.52" and statement["rate_per_1000_events"] == "0.01"
+
+    agreed = verify(s3_server, f"s3://{buckets['client']}", "--billing", "2026-10")
+    assert agreed.returncode == 0, agreed.stdout + agreed.stderr
+    assert "2 sites of the 2026-10 statement checked" in agreed.stderr
+
+    # An invoice that claims more than the receipts hold is caught, to the cent.
+    statement["sites"][1]["events"], statement["sites"][1]["amount_usd"] = 151_000, "1.51"
+    s3.put_object(Bucket=buckets["client"], Key=key, Body=orjson.dumps(statement))
+    caught = verify(s3_server, f"s3://{buckets['client']}", "--billing", "2026-10")
+    assert caught.returncode == 1
+    assert caught.stdout.splitlines() == [
+        f"s3://{buckets['client']}/{key} beta: events is 151000, the receipts give 150000",
+        f"s3://{buckets['client']}/{key} beta: amount_usd is 1.51, the receipts give 1.50",
+        f"s3://{buckets['client']}/{key}: total_usd is 1.52, its lines add up to 1.53"]

@@ -3,29 +3,22 @@
 import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 
 from pipeline.export_files import EXPORT_SCHEMA_VERSION
-from tests.pipeline.conftest import closed_hour, materialize_export, partition_key, seed_events
+from tests.pipeline.conftest import (
+    closed_hour,
+    materialize_export,
+    partition_key,
+    seed_events,
+    verify,
+)
 
 
 def receipt(s3, bucket, site, hour, prefix=""):
     key = f"{prefix}site_id={site}/date={hour:%Y-%m-%d}/hour={hour:%H}/_receipt.json"
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def verify(s3_server, *args, env=None):
-    """`pixelpipe verify` as a client runs it: S3 endpoint and keys, no database, no stack."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PIXELPIPE_HOME")}
-    return subprocess.run(
-        [sys.executable, "-m", "pixelpipe.cli", "verify", *args], capture_output=True, text=True, timeout=120,
-        env={**clean, "PIXELPIPE_HOME": "/nonexistent", "PIXELPIPE_S3_ENDPOINT": s3_server.endpoint,
-             "AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-             **(env or {})})
 
 
 def test_receipts_for_three_sites_an_empty_hour_and_a_re_export(resources, db, s3, buckets):
