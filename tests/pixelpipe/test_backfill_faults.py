@@ -33,6 +33,8 @@ def exported_ids(s3, bucket: str) -> list[tuple[str, int]]:
     ids = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for item in page.get("Contents", []):
+            if not item["Key"].endswith(".parquet"):
+                continue  # the hours' receipts
             table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()),
                                   columns=["site_id", "id"])
             ids += list(zip(table.column("site_id").to_pylist(), table.column("id").to_pylist(), strict=True))

@@ -95,7 +95,8 @@ def test_up_ingests_exports_through_dagster_and_stops_cleanly(state_dir):
         s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['s3']}", region_name="us-east-1",
                           aws_access_key_id=s3_keys["access_key"], aws_secret_access_key=s3_keys["secret_key"])
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="pixelpipe-clients")["Contents"])
-        assert keys == [f"site_id=site-{n}/date={hour:%Y-%m-%d}/hour={hour:%H}/part-00000.parquet" for n in (0, 1)]
+        assert keys == [f"site_id=site-{n}/date={hour:%Y-%m-%d}/hour={hour:%H}/{name}"
+                        for n in (0, 1) for name in ("_receipt.json", "part-00000.parquet")]
     finally:
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
