@@ -47,7 +47,13 @@ from ingest_service.events import (
 )
 from ingest_service.metrics import CollectorMetrics
 from ingest_service.openapi import OPENAPI
-from ingest_service.visitors import DailySalts, cookieless_visitor_id, is_bot
+from ingest_service.visitors import (
+    NEW_AGENTS_PER_REQUEST,
+    DailySalts,
+    classify,
+    cookieless_visitor_id,
+    known_verdict,
+)
 from ingest_service.writer import EventWriter, Overloaded, Unavailable
 from pixelpipe.core.settings import Settings
 
@@ -242,10 +248,18 @@ class Collector:
         indexes: list[int] = []
         problems: list[tuple[int, EventRejected]] = []
         cookieless: list[int] = []
+        new_agents = 0
         for index, candidate in enumerate(candidates):
             try:
                 row = event_row(candidate, context, envelope)
-                if self.settings.drop_bots and is_bot(row[USER_AGENT_COLUMN]):
+                bot = self.settings.drop_bots and known_verdict(row[USER_AGENT_COLUMN])
+                if bot is None:  # an agent not classified yet: a few per request
+                    if new_agents < NEW_AGENTS_PER_REQUEST:
+                        new_agents += 1
+                        bot = classify(row[USER_AGENT_COLUMN])
+                    else:
+                        self.metrics.bot_checks_skipped += 1
+                if bot:
                     self.metrics.bot_events += 1
                     raise EventRejected("bot", "The user agent is a known crawler's; "
                                         "set PIXELPIPE_DROP_BOTS=false to keep such events.")

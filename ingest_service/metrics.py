@@ -40,6 +40,7 @@ class CollectorMetrics:
         self.requests_refused = 0  # 503: queue full or database down
         self.flush_failures = 0
         self.bot_events = 0  # dead-lettered as `bot` (PIXELPIPE_DROP_BOTS)
+        self.bot_checks_skipped = 0  # past the new user agents one request may bring
         self.rate_limited = 0  # 429: over PIXELPIPE_RATE_LIMIT_PER_IP or _PER_SITE
         self.queue_rows = 0
         self.flush_rows = Histogram(
@@ -65,6 +66,9 @@ class CollectorMetrics:
             ("pixelpipe_bot_events_total",
              "Events whose user agent is a known crawler's, dead-lettered as `bot`.",
              "counter", self.bot_events),
+            ("pixelpipe_bot_checks_skipped_total",
+             "Events kept unchecked: their request brought more new user agents than are classified.",
+             "counter", self.bot_checks_skipped),
             ("pixelpipe_requests_refused_total", "Requests answered 503 (queue full or database down).",
              "counter", self.requests_refused),
             ("pixelpipe_requests_rate_limited_total",

@@ -333,3 +333,18 @@ def test_crawlers_are_dead_lettered_as_bot_unless_turned_off(database_url, db):
         kept = collector.post("/collect", json=event, headers={"User-Agent": GOOGLEBOT})
     assert kept.status_code == 200
     assert db.execute("SELECT user_agent FROM events_log").fetchall() == [(GOOGLEBOT,)]
+
+
+def test_one_request_cannot_buy_more_than_a_few_crawler_list_checks(database_url, db):
+    # Each check costs ~0.2 ms (ten times an event): made-up user agents are classified at most
+    # NEW_AGENTS_PER_REQUEST a request; the rest are kept unchecked and counted.
+    from ingest_service.visitors import NEW_AGENTS_PER_REQUEST
+
+    events = [{"eventType": "x", "siteId": "s", "userAgent": f"Googlebot/{n}.{uuid.uuid4()}"} for n in range(40)]
+    with make_client(database_url) as collector:
+        answer = collector.post("/collect", json=events)
+        metrics = collector.get("/metrics").text
+    assert answer.status_code == 200
+    assert answer.json()["accepted"] == 40 - NEW_AGENTS_PER_REQUEST
+    assert f"pixelpipe_bot_events_total {NEW_AGENTS_PER_REQUEST}\n" in metrics
+    assert f"pixelpipe_bot_checks_skipped_total {40 - NEW_AGENTS_PER_REQUEST}\n" in metrics
