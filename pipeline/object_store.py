@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from boto3.s3.transfer import TransferConfig
 
 # Files above 64 MiB go up in 64 MiB parts, four at a time.
 _TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20,
                            max_concurrency=4)
-_FOOTER_GUESS = 64 * 1024
 
 
 def upload_file(client, bucket: str, key: str, path: Path) -> None:
@@ -35,16 +32,3 @@ def delete_keys(client, bucket: str, keys: list[str]) -> None:
         chunk = keys[start:start + 1000]
         client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk],
                                                      "Quiet": True})
-
-
-def read_parquet_metadata(client, bucket: str, key: str) -> pq.FileMetaData:
-    """A Parquet file's footer (row counts, statistics) by range requests, not a download."""
-    tail = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{_FOOTER_GUESS}")["Body"].read()
-    if tail[-4:] != b"PAR1":
-        raise ValueError(f"s3://{bucket}/{key} is not a Parquet file")
-    footer_length = int.from_bytes(tail[-8:-4], "little")
-    if footer_length + 8 > len(tail):
-        tail = client.get_object(
-            Bucket=bucket, Key=key, Range=f"bytes=-{footer_length + 8}")["Body"].read()
-    # The footer alone parses: read_metadata only needs the last footer_length + 8 bytes.
-    return pq.read_metadata(io.BytesIO(tail[-(footer_length + 8):]))

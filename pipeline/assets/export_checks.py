@@ -19,10 +19,11 @@ from pipeline.ledger import (
     mark_check,
     site_destinations,
 )
-from pipeline.object_store import list_keys, read_parquet_metadata
+from pipeline.object_store import list_keys
 from pipeline.partitions import hourly_partitions, run_hours
 from pipeline.resources import PipelineSettings, PostgresResource
 from pixelpipe.core.receipts import RECEIPT_NAME, verify_location
+from pixelpipe.core.s3 import read_parquet_metadata
 
 RECONCILES = "export_reconciles"
 NO_CROSS_TENANT_ROWS = "no_cross_tenant_rows"

@@ -10,20 +10,18 @@ an hour writes the same bytes except `exported_at` (docs/reading.md#receipts).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import pyarrow.parquet as pq
+from pixelpipe.core.s3 import read_parquet_metadata
 
 RECEIPT_NAME = "_receipt.json"
 RECEIPT_VERSION = 1
 _HOUR_KEY = re.compile(
     r"^(?P<base>.*?)site_id=(?P<site>[^/]+)/date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/(?P<name>[^/]+)$")
-_FOOTER_GUESS = 64 * 1024
 
 
 @dataclass
@@ -69,16 +67,6 @@ class Problem:
         return f"{self.where}: {self.what}"
 
 
-def _footer_rows(client, bucket: str, key: str) -> int:
-    tail = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{_FOOTER_GUESS}")["Body"].read()
-    if tail[-4:] != b"PAR1":
-        raise ValueError("not a Parquet file")
-    length = int.from_bytes(tail[-8:-4], "little")
-    if length + 8 > len(tail):
-        tail = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{length + 8}")["Body"].read()
-    return pq.read_metadata(io.BytesIO(tail[-(length + 8):])).num_rows
-
-
 def _listing(client, bucket: str, prefix: str) -> dict[str, int]:
     sizes = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -114,7 +102,7 @@ def verify_hour(client, bucket: str, hour_prefix: str, listed: dict[str, int]) -
             problems.append(Problem(where + name, "SHA-256 differs from the receipt"))
             continue
         try:
-            file_rows = _footer_rows(client, bucket, key)
+            file_rows = read_parquet_metadata(client, bucket, key).num_rows
         except ValueError as error:
             problems.append(Problem(where + name, f"unreadable Parquet ({error})"))
             continue

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import boto3
+import pyarrow.parquet as pq
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+_FOOTER_GUESS = 64 * 1024
 
 
 def s3_client(endpoint: str, access_key: str, secret_key: str, region: str):
@@ -49,3 +53,16 @@ def local_s3(home: Path, port: int) -> tuple[str, str, str] | None:
         return None
     keys = json.loads(credentials.read_text())
     return f"http://127.0.0.1:{port}", keys["access_key"], keys["secret_key"]
+
+
+def read_parquet_metadata(client, bucket: str, key: str) -> pq.FileMetaData:
+    """A Parquet file's footer (row counts, statistics) by range requests, not a download."""
+    tail = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{_FOOTER_GUESS}")["Body"].read()
+    if tail[-4:] != b"PAR1":
+        raise ValueError(f"s3://{bucket}/{key} is not a Parquet file")
+    footer_length = int.from_bytes(tail[-8:-4], "little")
+    if footer_length + 8 > len(tail):
+        tail = client.get_object(
+            Bucket=bucket, Key=key, Range=f"bytes=-{footer_length + 8}")["Body"].read()
+    # The footer alone parses: read_metadata only needs the last footer_length + 8 bytes.
+    return pq.read_metadata(io.BytesIO(tail[-(footer_length + 8):]))
