@@ -146,13 +146,22 @@ def verify_receipts(conn, client, hours: list[datetime], backup_bucket: str) -> 
     return checked, problems
 
 
-def _receipts_result(checked: int, problems: list[str]) -> dg.AssetCheckResult:
+def _listed_result(check_name: str, counted: tuple[str, int], found: tuple[str, list[str]],
+                  what_to_do: str) -> dg.AssetCheckResult:
+    """A check that counts what it looked at and lists what it found wrong (the first 50)."""
+    (count_name, count), (list_name, items) = counted, found
     return dg.AssetCheckResult(
-        check_name=RECEIPTS_MATCH, passed=not problems,
-        metadata={"site_hours_checked": checked,
-                  "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:50]) or "none")},
-        description=None if not problems else "The objects do not match the receipts written beside "
-        "them (the client's `pixelpipe verify` sees the same): re-run hourly_export for the hour.")
+        check_name=check_name, passed=not items,
+        metadata={count_name: count,
+                  list_name: dg.MetadataValue.md("\n".join(f"- {item}" for item in items[:50]) or "none")},
+        description=what_to_do if items else None)
+
+
+def _receipts_result(checked: int, problems: list[str]) -> dg.AssetCheckResult:
+    return _listed_result(
+        RECEIPTS_MATCH, ("site_hours_checked", checked), ("problems", problems),
+        "The objects do not match the receipts written beside them (the client's `pixelpipe "
+        "verify` sees the same): re-run hourly_export for the hour.")
 
 
 def _reconciles_result(totals: dict, mismatches: list[str]) -> dg.AssetCheckResult:
@@ -168,13 +177,10 @@ def _reconciles_result(totals: dict, mismatches: list[str]) -> dg.AssetCheckResu
 
 
 def _tenants_result(objects: int, offenders: list[str]) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        check_name=NO_CROSS_TENANT_ROWS, passed=not offenders,
-        metadata={"objects_checked": objects,
-                  "offenders": dg.MetadataValue.md("\n".join(f"- {o}" for o in offenders[:50]) or "none")},
-        description=None if not offenders else "An object under a client's prefix holds another "
-        "site's rows: remove it from the client bucket now and re-run hourly_export for the hour.",
-    )
+    return _listed_result(
+        NO_CROSS_TENANT_ROWS, ("objects_checked", objects), ("offenders", offenders),
+        "An object under a client's prefix holds another site's rows: remove it from the client "
+        "bucket now and re-run hourly_export for the hour.")
 
 
 @dg.multi_asset_check(
