@@ -13,6 +13,7 @@ a day's salt deletes the earlier ones, so an id cannot be recomputed or linked a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -54,11 +55,16 @@ class DailySalts:
         self.database_url = database_url
         self._day: date | None = None
         self._salt = b""
+        self._loading = asyncio.Lock()
 
     async def salt(self, day: date) -> bytes:
         if day != self._day:
-            self._salt = await self._load(day)
-            self._day = day
+            # One load per worker and day: a burst of cookieless requests at midnight (or at
+            # start) waits for it instead of opening a connection each.
+            async with self._loading:
+                if day != self._day:
+                    self._salt = await self._load(day)
+                    self._day = day
         return self._salt
 
     def forget(self) -> None:
@@ -67,7 +73,8 @@ class DailySalts:
         self._salt = b""
 
     async def _load(self, day: date) -> bytes:
-        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True,
+                                                         connect_timeout=5) as conn:
             async with conn.transaction():
                 await conn.execute("INSERT INTO visitor_salts (day, salt) VALUES (%s, %s) "
                                    "ON CONFLICT (day) DO NOTHING", (day, os.urandom(32)))
