@@ -67,11 +67,12 @@ def test_duckdb_reads_the_hive_layout_from_s3_and_queries_inside_raw_event_data(
                          USE_SSL false, REGION 'us-east-1')""")
         result = duck.execute(f"""
             SELECT site_id, "hour", raw_event_data->'plan'->>'tier' AS tier, count(*) AS events
-            FROM read_parquet('s3://{buckets["client"]}/*/*/*/*.parquet', hive_partitioning = true)
+            FROM read_parquet('s3://{buckets["client"]}/*/*/*/*.parquet', hive_partitioning = true,
+                              hive_types = {{'date': DATE, 'hour': INTEGER}})
             GROUP BY ALL ORDER BY ALL""").fetchall()
         json_type = duck.execute(f"""SELECT typeof(raw_event_data) FROM read_parquet(
             's3://{buckets["client"]}/*/*/*/*.parquet') LIMIT 1""").fetchone()[0]
     assert json_type == "JSON"
     assert sorted(result) == sorted([
-        ("duck-blog", f"{hours[0]:%H}", "free", 2), ("duck-blog", f"{hours[1]:%H}", "free", 2),
-        ("duck-shop", f"{hours[0]:%H}", "free", 3), ("duck-shop", f"{hours[1]:%H}", "pro", 4)])
+        ("duck-blog", hours[0].hour, "free", 2), ("duck-blog", hours[1].hour, "free", 2),
+        ("duck-shop", hours[0].hour, "free", 3), ("duck-shop", hours[1].hour, "pro", 4)])
