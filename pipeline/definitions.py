@@ -19,6 +19,7 @@ from pipeline.automation import (
     retention_schedule,
     run_failure_alert,
 )
+from pipeline.erasure import erase_visitor_job
 from pipeline.resources import refuse_in_process_run_without_database, resources_from_env
 
 refuse_in_process_run_without_database()
@@ -26,7 +27,7 @@ refuse_in_process_run_without_database()
 defs = dg.Definitions(
     assets=[events_log, hourly_export, retention_cleanup, db_maintenance, monthly_billing],
     asset_checks=[hourly_export_checks, billing_matches_manifest],
-    jobs=[hourly_export_job, retention_job, maintenance_job, billing_job],
+    jobs=[hourly_export_job, retention_job, maintenance_job, billing_job, erase_visitor_job],
     schedules=[hourly_export_schedule, retention_schedule, maintenance_schedule, billing_schedule],
     sensors=[run_failure_alert],
     resources=resources_from_env(),

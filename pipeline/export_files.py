@@ -251,3 +251,29 @@ def write_hour_files(
             start = end
     if current is not None:
         yield from current.finish()
+
+
+def rewrite_site_files(
+    sources: list[Path],
+    site_id: str,
+    hour: datetime,
+    spool: Path,
+    keep: Callable[[pa.RecordBatch], pa.Array],
+    rows_per_file: int = 1_000_000,
+    summary: HourSummary | None = None,
+    row_group_rows: int = 64 * 1024,
+) -> Iterator[SiteFile]:
+    """A site-hour's exported files written again without the rows `keep` (a boolean mask per
+    batch) rejects: an erasure's rewrite, also of an hour whose rows are no longer in PostgreSQL.
+    The export's own writer, so the files are laid out as an export of the remaining rows."""
+    summary = HourSummary() if summary is None else summary
+    spool.mkdir(parents=True, exist_ok=True)
+    writer = _SiteFileWriter(site_id, spool, rows_per_file, row_group_rows)
+    for source in sources:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=row_group_rows):
+            batch = pa.RecordBatch.from_arrays(batch.columns, schema=EXPORT_SCHEMA)
+            batch = batch.filter(keep(batch))
+            if batch.num_rows:
+                _summarize(summary, batch, hour)
+                yield from writer.add(batch)
+    yield from writer.finish()

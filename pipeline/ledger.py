@@ -7,8 +7,10 @@ billing trust nothing else.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg import sql
@@ -154,3 +156,59 @@ def record_resent_rows(conn: psycopg.Connection, hour: datetime, ids: set[int]) 
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO export_duplicates (ingest_hour, id) VALUES (%s, %s) "
                             "ON CONFLICT DO NOTHING", [(hour, row_id) for row_id in sorted(ids)])
+
+
+def erased_events(conn: psycopg.Connection, hour: datetime) -> dict[str, int]:
+    """site -> rows erased from the hour's delivered files (the receipts and billing count them)."""
+    return dict(conn.execute(
+        "SELECT site_id, sum(rows_in_files)::bigint FROM erasure_hours WHERE ingest_hour = %s "
+        "GROUP BY site_id HAVING sum(rows_in_files) > 0", (hour,)).fetchall())
+
+
+# Advisory lock class of an ingest hour's objects (the second key is the hour since the epoch).
+_HOUR_LOCK = 7460
+
+
+@contextlib.contextmanager
+def hour_lock(conn: psycopg.Connection, hour: datetime) -> Iterator[None]:
+    """Hold the hour against the other writer of its objects: the export and an erasure never
+    rewrite the same hour at once (an erasure could otherwise miss files being exported)."""
+    key = int(hour.astimezone(UTC).timestamp()) // 3600
+    conn.execute("SELECT pg_advisory_lock(%s, %s)", (_HOUR_LOCK, key))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psycopg.OperationalError):  # a lost session has released it
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_HOUR_LOCK, key))
+
+
+def exported_site_hour(conn: psycopg.Connection, hour: datetime, site: str) -> SiteExport | None:
+    """What the ledger says the last export wrote for one site-hour (files, rows, where)."""
+    row = conn.execute(
+        """SELECT client_bucket, client_keys, backup_keys, rows, bytes, sha256 FROM export_manifest
+           WHERE ingest_hour = %s AND site_id = %s""", (hour, site)).fetchone()
+    if row is None:
+        return None
+    bucket, client_keys, backup_keys, rows, size, sha256 = row
+    prefix = client_keys[0].split("site_id=", 1)[0] if client_keys else ""
+    return SiteExport(site, bucket, prefix, rows=rows, bytes=size, client_keys=list(client_keys),
+                      backup_keys=list(backup_keys), sha256=list(sha256))
+
+
+def replace_site_hour(conn: psycopg.Connection, hour: datetime, site: SiteExport) -> None:
+    """Put a rewritten site-hour in the ledger (no row left: no manifest row, as an export of
+    the hour would leave) and the hour's totals with it. Call inside a transaction."""
+    if site.rows:
+        conn.execute(
+            """UPDATE export_manifest SET rows = %s, bytes = %s, client_keys = %s, backup_keys = %s,
+                   sha256 = %s, verified_at = NULL WHERE ingest_hour = %s AND site_id = %s""",
+            (site.rows, site.bytes, site.client_keys, site.backup_keys, site.sha256, hour, site.site_id))
+    else:
+        conn.execute("DELETE FROM export_manifest WHERE ingest_hour = %s AND site_id = %s", (hour, site.site_id))
+    conn.execute(
+        """UPDATE export_hours h SET rows = t.rows, sites = t.sites, files = t.files, bytes = t.bytes,
+               reconciled_at = NULL, tenants_verified_at = NULL
+           FROM (SELECT coalesce(sum(rows), 0) AS rows, count(*) AS sites,
+                        coalesce(sum(cardinality(client_keys)), 0) AS files, coalesce(sum(bytes), 0) AS bytes
+                 FROM export_manifest WHERE ingest_hour = %s) t
+           WHERE h.ingest_hour = %s""", (hour, hour))

@@ -20,6 +20,7 @@ from pipeline.export_files import (
 from pipeline.ledger import (
     SiteExport,
     client_locations,
+    erased_events,
     previous_keys,
     record_location,
     record_resent_rows,
@@ -33,7 +34,7 @@ from pixelpipe.core.receipts import RECEIPT_NAME, HourSummary, receipt_bytes
 UPLOAD_THREADS = 4
 
 
-def _upload_both(client, path: Path, client_bucket: str, client_key: str, backup_bucket: str,
+def upload_both(client, path: Path, client_bucket: str, client_key: str, backup_bucket: str,
                  backup_key: str) -> None:
     """Upload once, to our backup bucket, then copy server-side into the client's bucket.
 
@@ -75,7 +76,7 @@ def publish_hour(conn, database_url: str, client, settings: PipelineSettings, ho
                 record_location(conn, hour, file.site_id, bucket, hour_prefix(file.site_id, hour, prefix))
             client_key = object_key(file.site_id, hour, file.part, site.client_prefix)
             backup_key = object_key(file.site_id, hour, file.part)
-            pending.append(uploads.submit(_upload_both, client, file.path, site.client_bucket,
+            pending.append(uploads.submit(upload_both, client, file.path, site.client_bucket,
                                           client_key, settings.backup_bucket, backup_key))
             site.rows += file.rows
             site.bytes += file.bytes
@@ -106,15 +107,22 @@ def write_receipts(conn, client, settings: PipelineSettings, hour: datetime, exp
     destinations = site_destinations(conn, settings.client_bucket)
     sites = {site.site_id: site for site in exported}
     exported_at = datetime.now(UTC)
+    erased = erased_events(conn, hour)
     known = [site for (site,) in conn.execute(
         "SELECT site_id FROM sites WHERE first_seen_at IS NULL OR first_seen_at <= %s", (hour,))]
-    for site_id in sorted(set(sites) | set(known)):
+    for site_id in sorted(set(sites) | set(known) | set(erased)):
         site = sites.get(site_id) or SiteExport(site_id, *destinations.get(site_id, (settings.client_bucket, "")))
-        body = receipt_bytes(site_id, hour, site.receipt_files, site.summary, EXPORT_SCHEMA_VERSION, exported_at)
-        client_key, backup_key = receipt_keys(site, hour)
-        client.put_object(Bucket=settings.backup_bucket, Key=backup_key, Body=body,
-                          ContentType="application/json")
-        client.put_object(Bucket=site.client_bucket, Key=client_key, Body=body, ContentType="application/json")
+        write_receipt(client, settings.backup_bucket, site, hour, exported_at, erased.get(site_id, 0))
+
+
+def write_receipt(client, backup_bucket: str, site: SiteExport, hour: datetime, exported_at: datetime,
+                  erased: int) -> None:
+    """One site-hour's receipt, into the backup bucket and the client's."""
+    body = receipt_bytes(site.site_id, hour, site.receipt_files, site.summary, EXPORT_SCHEMA_VERSION,
+                         exported_at, erased)
+    client_key, backup_key = receipt_keys(site, hour)
+    client.put_object(Bucket=backup_bucket, Key=backup_key, Body=body, ContentType="application/json")
+    client.put_object(Bucket=site.client_bucket, Key=client_key, Body=body, ContentType="application/json")
 
 
 def remove_stale_objects(conn, client, backup_bucket: str, hour: datetime, exported: list[SiteExport]) -> int:

@@ -14,7 +14,7 @@ from dagster_aws.s3 import S3Resource
 
 from pixelpipe.core.database import resolve_database_url
 from pixelpipe.core.errors import PixelpipeError
-from pixelpipe.core.s3 import local_s3, s3_client
+from pixelpipe.core.s3 import configured_s3_client
 from pixelpipe.core.settings import Settings
 
 _DEFAULTS = Settings()
@@ -64,10 +64,7 @@ class PixelpipeS3Resource(S3Resource):
 
     def get_client(self):
         if not self.endpoint_url and not self.aws_access_key_id:
-            settings = Settings.from_env()
-            local = local_s3(settings.home, settings.s3_port)
-            if local is not None:
-                return s3_client(*local, settings.aws_region)
+            return configured_s3_client(Settings.from_env())
         return super().get_client()
 
 

@@ -122,6 +122,31 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
+    """Erase a visitor now, in this process; the same code as the erase_visitor_job in Dagster."""
+    import psycopg
+
+    from pipeline.erasure import erase_visitor
+    from pipeline.resources import resources_from_env
+    from pixelpipe.core.database import resolve_database_url
+    from pixelpipe.core.migrations import apply_migrations
+    from pixelpipe.core.s3 import configured_s3_client
+
+    url = resolve_database_url(settings)
+    apply_migrations(url)
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        erasure = erase_visitor(conn, configured_s3_client(settings), resources_from_env()["settings"],
+                                args.site, args.visitor, args.reason)
+    print(erasure.erasure_id)  # stdout: the ledger id alone, for scripts
+    hours = len(erasure.hours_rewritten)
+    print(f"pixelpipe erase: erasure {erasure.erasure_id} of a visitor of site {erasure.site}: "
+          f"{erasure.rows_in_database} rows removed from events_log, {erasure.rows_in_files} from the "
+          f"exported files ({hours} hour{'s' if hours != 1 else ''} rewritten in the client and backup "
+          f"buckets, receipts included), {erasure.dead_letters} dead letters. Recorded in the erasures "
+          "table (the visitor as SHA-256).", file=sys.stderr)
+    return 0
+
+
 def _site_parser(sub) -> None:
     site = sub.add_parser("site", help="manage tenants: list, add, set, key")
     site.set_defaults(func=cmd_site)
@@ -175,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--to", dest="end", metavar="HOUR", help="last ingest hour, inclusive")
     verify.add_argument("--billing", metavar="YYYY-MM", help="recompute that month's statement from the receipts")
     verify.set_defaults(func=cmd_verify)
+
+    erase = sub.add_parser("erase", help="remove one visitor of one site from the database and every "
+                           "exported file and receipt, in both buckets")
+    erase.add_argument("--site", required=True, help="the site_id")
+    erase.add_argument("--visitor", required=True, help="the visitor_id, as in events_log and the files")
+    erase.add_argument("--reason", default="erasure request",
+                       help="why, kept in the erasures ledger (e.g. a request's reference)")
+    erase.set_defaults(func=cmd_erase)
 
     up = sub.add_parser("up", help="run PostgreSQL, S3, the collector and Dagster locally")
     up.add_argument("--demo", action="store_true", help="serve /demo and generate traffic")

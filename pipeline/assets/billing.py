@@ -1,5 +1,6 @@
-"""monthly_billing: usage statements per site, computed from export_manifest (which survives
-retention), never from events_log (which retention empties)."""
+"""monthly_billing: usage statements per site, computed from the export ledger (which survives
+retention), never from events_log (which retention empties). What is billed is what was
+delivered: the rows in the files plus any erased from them since (the delivered_events view)."""
 
 import csv
 import io
@@ -90,8 +91,8 @@ def _ranges(hours: list[datetime]) -> str:
 def compute_statement(conn, start: datetime, end: datetime, rate: Decimal) -> list[StatementLine]:
     lines = []
     for site, events, first_seen in conn.execute(
-        """SELECT m.site_id, sum(m.rows)::bigint, s.first_seen_at
-           FROM export_manifest m LEFT JOIN sites s USING (site_id)
+        """SELECT m.site_id, sum(m.events)::bigint, s.first_seen_at
+           FROM delivered_events m LEFT JOIN sites s USING (site_id)
            WHERE m.ingest_hour >= %s AND m.ingest_hour < %s
            GROUP BY m.site_id, s.first_seen_at ORDER BY m.site_id""", (start, end)):
         exact, rounded = amount_for(events, rate)
@@ -118,6 +119,30 @@ def statements_from_receipts(client, destinations: dict[str, tuple[str, str]], d
                          f"disagree with the export ledger ({'; '.join(disagree[:10])}). Re-run hourly_export "
                          "for the month's hours of those sites (it rewrites files and receipts), then this month.")
     return {place: statement_bytes(month, rate, site_lines) for place, site_lines in grouped.items()}
+
+
+def put_client_statements(client, month: datetime, statements: dict) -> None:
+    for (bucket, prefix), body in statements.items():
+        client.put_object(Bucket=bucket, Key=statement_key(prefix, month), Body=body, ContentType="application/json")
+
+
+def reissue_client_statements(conn, client, default_bucket: str, months: set[datetime]) -> int:
+    """The clients' statements of months already billed, again from their receipts, after an
+    erasure rewrote some: events and amounts stay (what was delivered is billed), the receipts'
+    digest follows the new receipts. Returns how many months were re-issued."""
+    reissued = 0
+    for month in sorted(months):
+        stored = conn.execute(
+            """SELECT site_id, events, amount_exact, amount_usd, first_seen_at, new_site, rate_per_1000
+               FROM billing_statements WHERE billing_month = %s ORDER BY site_id""", (month.date(),)).fetchall()
+        if not stored:
+            continue
+        rate = Decimal(format(stored[0][6].normalize(), "f"))  # as the statement first wrote it
+        lines = [StatementLine(*row[:6]) for row in stored]
+        put_client_statements(client, month, statements_from_receipts(
+            client, site_destinations(conn, default_bucket), default_bucket, month, lines, rate))
+        reissued += 1
+    return reissued
 
 
 def store_statement(conn, month: datetime, lines: list[StatementLine], rate: Decimal) -> None:
@@ -163,8 +188,9 @@ def statement_files(month: datetime, lines: list[StatementLine]) -> dict[str, by
     kinds={"postgres", "s3"},
     description="Per site and month: events exported, amount in USD at the configured rate per "
     "1,000 events (PIXELPIPE_BILLING_RATE_PER_1000, default $0.01), and whether the site is new "
-    "that month. From export_manifest, so it stays exact after retention; refused while any hour "
-    "of the month is missing or not verified by both export checks.",
+    "that month. From the export ledger (delivered events, also those erased since), so it stays "
+    "exact after retention; refused while any hour of the month is missing or not verified by both "
+    "export checks.",
 )
 def monthly_billing(context: dg.AssetExecutionContext, postgres: PostgresResource, s3: S3Resource,
                     settings: PipelineSettings) -> dg.MaterializeResult:
@@ -190,8 +216,7 @@ def monthly_billing(context: dg.AssetExecutionContext, postgres: PostgresResourc
         client_statements = statements_from_receipts(client, site_destinations(conn, settings.client_bucket),
                                                      settings.client_bucket, start, lines, rate)
         store_statement(conn, start, lines, rate)
-    for (bucket, prefix), body in client_statements.items():
-        client.put_object(Bucket=bucket, Key=statement_key(prefix, start), Body=body, ContentType="application/json")
+    put_client_statements(client, start, client_statements)
     for name, body in statement_files(start, lines).items():
         client.put_object(Bucket=settings.backup_bucket, Key=f"billing/month={start:%Y-%m}/{name}", Body=body)
     table = ["| site_id | events | amount (USD) | new site |", "|---|---:|---:|---|"]
@@ -208,14 +233,15 @@ def monthly_billing(context: dg.AssetExecutionContext, postgres: PostgresResourc
 
 
 @dg.asset_check(asset=monthly_billing, partitions_def=monthly_partitions,
-                description="The statement's total events equal the manifest's rows for the month.")
+                description="The statement's total events equal the events delivered in the month (the manifest's "
+                "rows plus those erased from the files since).")
 def billing_matches_manifest(context, postgres: PostgresResource) -> dg.AssetCheckResult:
     start, end = month_window(context)
     with postgres.get_connection() as conn:
         billed = conn.execute("SELECT coalesce(sum(events), 0) FROM billing_statements WHERE billing_month = %s",
                               (start.date(),)).fetchone()[0]
         exported = conn.execute(
-            "SELECT coalesce(sum(rows), 0) FROM export_manifest WHERE ingest_hour >= %s AND ingest_hour < %s",
+            "SELECT coalesce(sum(events), 0) FROM delivered_events WHERE ingest_hour >= %s AND ingest_hour < %s",
             (start, end)).fetchone()[0]
     return dg.AssetCheckResult(passed=billed == exported,
                                metadata={"billed_events": int(billed), "manifest_rows": int(exported)})

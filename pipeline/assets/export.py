@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.s3 import S3Resource
 
 from pipeline.assets.events_log import events_log
-from pipeline.ledger import SiteExport, hour_state, record_export, unverify_hour
+from pipeline.ledger import SiteExport, hour_lock, hour_state, record_export, unverify_hour
 from pipeline.partitions import hourly_backfill_policy, hourly_partitions, run_hours
 from pipeline.publish import publish_hour, remove_stale_objects, write_receipts
 from pipeline.resources import PipelineSettings, PostgresResource
@@ -157,7 +157,7 @@ def hourly_export(
             refuse_purged_hour(hour, state.purged_at if state else None, settings.retention_hours)
         for hour in hours:
             state = states[hour]
-            with explained_failures(hour, s3.endpoint_url):
+            with explained_failures(hour, s3.endpoint_url), hour_lock(conn, hour):
                 sites, stale = export_hour(conn, postgres.url(), client, settings, hour,
                                            state.rows if state else 0)
             all_sites.extend(sites)

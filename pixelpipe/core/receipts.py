@@ -4,7 +4,8 @@ anyone can run against them with read access to the bucket and nothing else.
 `<hour prefix>_receipt.json` is written after every data file of the hour is in place, so its
 presence means the hour is complete. It names files relative to its own prefix, so the same
 receipt holds in the client's bucket (under its prefix) and in the backup bucket. Re-exporting
-an hour writes the same bytes except `exported_at` (docs/reading.md#receipts).
+an hour writes the same bytes except `exported_at` (docs/reading.md#receipts). An erasure
+rewrites the receipts of the hours it touches, counting the erased rows in `erased_events`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class HourSummary:
 
 
 def receipt_bytes(site_id: str, hour: datetime, files: list[dict], summary: HourSummary,
-                  schema_version: int, exported_at: datetime) -> bytes:
-    """The receipt, canonical JSON: `files` are {name, bytes, rows, sha256} in key order."""
+                  schema_version: int, exported_at: datetime, erased_events: int = 0) -> bytes:
+    """The receipt, canonical JSON: `files` are {name, bytes, rows, sha256} in key order.
+    `erased_events`: rows erased from the hour's files after they were delivered (billed)."""
     receipt = {
         "receipt_version": RECEIPT_VERSION,
         "site_id": site_id,
@@ -50,6 +52,7 @@ def receipt_bytes(site_id: str, hour: datetime, files: list[dict], summary: Hour
         # then row order: recomputable from the files alone.
         "event_ids_sha256": summary.event_ids.hexdigest(),
         "late_events": summary.late_events,  # client timestamp before the hour began
+        "erased_events": erased_events,  # delivered, then erased on request: still billed
         "schema_version": schema_version,
         "exported_at": exported_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

@@ -55,6 +55,18 @@ def local_s3(home: Path, port: int) -> tuple[str, str, str] | None:
     return f"http://127.0.0.1:{port}", keys["access_key"], keys["secret_key"]
 
 
+def configured_s3_client(settings):
+    """S3 as the environment configures it (PIXELPIPE_S3_ENDPOINT, AWS_*); with neither an
+    endpoint nor keys, the embedded S3 of a running `pixelpipe up` for this PIXELPIPE_HOME, else
+    AWS's usual credential chain."""
+    if not settings.s3_endpoint and not settings.aws_access_key_id:
+        local = local_s3(settings.home, settings.s3_port)
+        if local is not None:
+            return s3_client(*local, settings.aws_region)
+    return s3_client(settings.s3_endpoint, settings.aws_access_key_id, settings.aws_secret_access_key,
+                     settings.aws_region)
+
+
 def read_parquet_metadata(client, bucket: str, key: str) -> pq.FileMetaData:
     """A Parquet file's footer (row counts, statistics) by range requests, not a download."""
     tail = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{_FOOTER_GUESS}")["Body"].read()

@@ -47,7 +47,8 @@ def month_receipts(client, bucket: str, prefix: str, site: str, month: datetime)
 
 def site_line(site: str, receipts: list[bytes], rate_per_1000: Decimal) -> dict:
     """One site's line, from its receipts alone."""
-    events = sum(json.loads(body)["rows"] for body in receipts)
+    # Delivered events are billed, also those erased from the files since (docs/reading.md).
+    events = sum(claim["rows"] + claim.get("erased_events", 0) for claim in map(json.loads, receipts))
     exact, rounded = amount_for(events, rate_per_1000)
     digests = "\n".join(hashlib.sha256(body).hexdigest() for body in receipts)
     return {"site_id": site, "hours": len(receipts), "events": events, "amount_exact": str(exact),

@@ -1,0 +1,251 @@
+"""Erasure of one visitor of one site: gone from events_log, from the dead letter, and from every
+exported hour's files and receipts in both buckets, also hours retention has purged (their files
+are rewritten from the backup copy, the only one left).
+
+Per hour, under the hour's lock (so an export cannot write the hour meanwhile): the hour's files
+are fetched and their visitor rows counted; then one transaction deletes the rows from
+events_log, records the counts in the erasures ledger and puts the rewritten files in the export
+ledger, un-verified; then the files, the receipts and the checks. A run that dies half-way is
+finished by running the same request again: it resumes the unfinished erasure, counting nothing
+twice. Billing keeps what was delivered: rows erased from the files are counted in the receipt
+(`erased_events`) and billed (docs/reading.md#erasure).
+"""
+
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from pipeline.assets.billing import reissue_client_statements
+from pipeline.assets.export_checks import reconcile, verify_receipts, verify_tenants
+from pipeline.export_files import object_key, rewrite_site_files
+from pipeline.ledger import (
+    SiteExport,
+    erased_events,
+    exported_site_hour,
+    hour_lock,
+    replace_site_hour,
+)
+from pipeline.object_store import delete_keys
+from pipeline.publish import upload_both, write_receipt
+from pipeline.resources import PipelineSettings, PostgresResource
+from pixelpipe.core.errors import PixelpipeError
+
+
+@dataclass
+class Erasure:
+    """What one erasure removed (the ledger row `erasures`)."""
+
+    erasure_id: int
+    site: str
+    rows_in_database: int = 0
+    rows_in_files: int = 0
+    dead_letters: int = 0
+    hours_rewritten: list[datetime] = field(default_factory=list)
+    statements_reissued: int = 0
+
+
+def visitor_sha256(visitor: str) -> str:
+    """How the ledger names the visitor: never the id itself."""
+    return hashlib.sha256(visitor.encode()).hexdigest()
+
+
+def _open_erasure(conn, site: str, visitor: str, reason: str) -> int:
+    """The unfinished erasure of the same request (a run that died), else a new one."""
+    digest = visitor_sha256(visitor)
+    row = conn.execute("SELECT id FROM erasures WHERE site_id = %s AND visitor_sha256 = %s AND "
+                       "finished_at IS NULL ORDER BY id LIMIT 1", (site, digest)).fetchone()
+    if row:
+        return row[0]
+    return conn.execute("INSERT INTO erasures (site_id, visitor_sha256, reason) VALUES (%s, %s, %s) "
+                        "RETURNING id", (site, digest, reason)).fetchone()[0]
+
+
+def _hours_to_visit(conn, site: str, visitor: str) -> list[datetime]:
+    """Hours where the visitor may be: its rows in events_log, and every hour exported for the site."""
+    return [hour.astimezone(UTC) for (hour,) in conn.execute(
+        """SELECT date_trunc('hour', created_at, 'UTC') FROM events_log WHERE site_id = %s AND visitor_id = %s
+           UNION SELECT ingest_hour FROM export_manifest WHERE site_id = %s ORDER BY 1""",
+        (site, visitor, site))]
+
+
+def _visitor_mask(visitor: str):
+    def keep(batch: pa.RecordBatch) -> pa.Array:
+        return pc.fill_null(pc.not_equal(batch.column("visitor_id"), pa.scalar(visitor)), True)
+    return keep
+
+
+def _fetch(client, bucket: str, keys: list[str], into: Path) -> list[Path]:
+    paths = []
+    for n, key in enumerate(keys):
+        path = into / f"source-{n:05d}.parquet"
+        client.download_file(bucket, key, str(path))
+        paths.append(path)
+    return paths
+
+
+def _visitor_rows(paths: list[Path], visitor: str) -> int:
+    """How many rows of these files are the visitor's (only their visitor_id column is read)."""
+    return sum(pc.sum(pc.equal(pq.read_table(path, columns=["visitor_id"]).column("visitor_id"), visitor))
+               .as_py() or 0 for path in paths)
+
+
+def _rewrite(sources: list[Path], exported: SiteExport, hour: datetime, visitor: str, spool: Path,
+             rows_per_file: int) -> tuple[SiteExport, list[Path]]:
+    """The site-hour's files without the visitor, written locally: (what they are, their paths)."""
+    site = exported.site_id
+    rewritten = SiteExport(site, exported.client_bucket, exported.client_prefix)
+    paths = []
+    for file in rewrite_site_files(sources, site, hour, spool / "out", _visitor_mask(visitor),
+                                   rows_per_file, rewritten.summary):
+        rewritten.rows += file.rows
+        rewritten.bytes += file.bytes
+        rewritten.client_keys.append(object_key(site, hour, file.part, exported.client_prefix))
+        rewritten.backup_keys.append(object_key(site, hour, file.part))
+        rewritten.sha256.append(file.sha256)
+        rewritten.receipt_files.append({"name": rewritten.backup_keys[-1].rsplit("/", 1)[1],
+                                        "bytes": file.bytes, "rows": file.rows, "sha256": file.sha256})
+        paths.append(file.path)
+    return rewritten, paths
+
+
+def _erase_hour(conn, client, settings: PipelineSettings, erasure_id: int, site: str, visitor: str,
+                hour: datetime, spool: Path) -> tuple[int, int, bool]:
+    """One hour, under its lock; returns (rows removed from events_log, from the files, rewritten)."""
+    exported = exported_site_hour(conn, hour, site)
+    sources = _fetch(client, settings.backup_bucket, exported.backup_keys, spool) if exported else []
+    in_files = _visitor_rows(sources, visitor)
+    counted = conn.execute("SELECT 1 FROM erasure_hours WHERE erasure_id = %s AND ingest_hour = %s",
+                           (erasure_id, hour)).fetchone() is not None
+    verified = conn.execute("SELECT verified_at IS NOT NULL FROM export_hours WHERE ingest_hour = %s",
+                            (hour,)).fetchone()
+    # Rewrite when the files hold the visitor, or when an earlier run left the hour unverified.
+    rewrite = exported is not None and (in_files > 0 or not (verified and verified[0]))
+    rewritten, paths = _rewrite(sources, exported, hour, visitor, spool, settings.rows_per_file) \
+        if rewrite else (None, [])
+    with conn.transaction():
+        in_database = conn.execute(
+            "DELETE FROM events_log WHERE site_id = %s AND visitor_id = %s AND created_at >= %s "
+            "AND created_at < %s + interval '1 hour'", (site, visitor, hour, hour)).rowcount
+        if counted:
+            in_files = 0  # counted by the run that died; these files are its leftovers
+        elif in_database or in_files:
+            conn.execute("INSERT INTO erasure_hours (erasure_id, ingest_hour, site_id, rows_in_database, "
+                         "rows_in_files) VALUES (%s, %s, %s, %s, %s)",
+                         (erasure_id, hour, site, in_database, in_files))
+        if rewritten is not None:
+            replace_site_hour(conn, hour, rewritten)  # un-verified until the checks below pass
+    if rewritten is None:
+        return in_database, in_files, False
+    for path, client_key, backup_key in zip(paths, rewritten.client_keys, rewritten.backup_keys, strict=True):
+        upload_both(client, path, rewritten.client_bucket, client_key, settings.backup_bucket, backup_key)
+    delete_keys(client, exported.client_bucket, sorted(set(exported.client_keys) - set(rewritten.client_keys)))
+    delete_keys(client, settings.backup_bucket, sorted(set(exported.backup_keys) - set(rewritten.backup_keys)))
+    write_receipt(client, settings.backup_bucket, rewritten, hour, datetime.now(UTC),
+                  erased_events(conn, hour).get(site, 0))
+    return in_database, in_files, True
+
+
+def _check_hour(conn, client, settings: PipelineSettings, hour: datetime) -> list[str]:
+    """The export's own checks on a rewritten hour; they mark it verified again when they pass."""
+    _, mismatches = reconcile(conn, client, [hour])
+    _, offenders = verify_tenants(conn, client, [hour], settings.client_bucket)
+    _, problems = verify_receipts(conn, client, [hour], settings.backup_bucket)
+    return mismatches + offenders + problems
+
+
+def _erase_dead_letters(conn, site: str, visitor: str) -> int:
+    """Dead-letter bodies that name both the site and the visitor, as JSON strings. Gzip bodies
+    are kept as sent and not searched; they expire with the dead letter (docs/reading.md#erasure)."""
+    return conn.execute(
+        "DELETE FROM events_rejected WHERE position(convert_to(%s, 'UTF8') IN raw_body) > 0 "
+        "AND position(convert_to(%s, 'UTF8') IN raw_body) > 0",
+        (f'"{visitor}"', f'"{site}"')).rowcount
+
+
+def erase_visitor(conn, client, settings: PipelineSettings, site: str, visitor: str, reason: str) -> Erasure:
+    """Erase `visitor` of `site` everywhere we keep it; `conn` must be in autocommit mode.
+    Raises PixelpipeError when a rewritten hour fails its checks (run the same request again)."""
+    site, visitor, reason = site.strip(), visitor.strip(), reason.strip()
+    for name, value in (("site", site), ("visitor", visitor), ("reason", reason)):
+        if not value:
+            raise PixelpipeError(f"the {name} is empty: an erasure names the site, the visitor_id "
+                                 "and why (for the ledger).")
+    erasure = Erasure(_open_erasure(conn, site, visitor, reason), site)
+    failed: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="pixelpipe-erase-") as spool:
+        for n, hour in enumerate(_hours_to_visit(conn, site, visitor)):
+            hour_spool = Path(spool) / str(n)
+            hour_spool.mkdir()
+            with hour_lock(conn, hour):
+                in_database, in_files, rewritten = _erase_hour(
+                    conn, client, settings, erasure.erasure_id, site, visitor, hour, hour_spool)
+                if rewritten:
+                    erasure.hours_rewritten.append(hour)
+                    failed += _check_hour(conn, client, settings, hour)
+            erasure.rows_in_database += in_database
+            erasure.rows_in_files += in_files
+    erasure.dead_letters = _erase_dead_letters(conn, site, visitor)
+    if failed:
+        raise PixelpipeError(
+            f"erasure {erasure.erasure_id} rewrote {len(erasure.hours_rewritten)} hours but their checks "
+            f"failed: {'; '.join(failed[:5])}. Run the same erasure again: it resumes and rewrites "
+            "the hours that do not check out.")
+    months = {hour.replace(day=1, hour=0) for hour in erasure.hours_rewritten}
+    try:
+        erasure.statements_reissued = reissue_client_statements(conn, client, settings.client_bucket, months)
+    except dg.Failure as error:
+        raise PixelpipeError(f"erasure {erasure.erasure_id}: {error.description}") from None
+    # The totals from the ledger: a resumed erasure reports what all its runs removed.
+    erasure.rows_in_database, erasure.rows_in_files = conn.execute(
+        """UPDATE erasures SET finished_at = now(), dead_letters = dead_letters + %(dead)s,
+               rows_in_database = (SELECT coalesce(sum(rows_in_database), 0) FROM erasure_hours
+                                   WHERE erasure_id = %(id)s),
+               rows_in_files = (SELECT coalesce(sum(rows_in_files), 0) FROM erasure_hours WHERE erasure_id = %(id)s),
+               hours_rewritten = hours_rewritten + %(hours)s
+           WHERE id = %(id)s RETURNING rows_in_database, rows_in_files""",
+        {"dead": erasure.dead_letters, "id": erasure.erasure_id, "hours": len(erasure.hours_rewritten)}).fetchone()
+    return erasure
+
+
+class ErasureRequest(dg.Config):
+    """The same three things `pixelpipe erase` asks for."""
+
+    site: str = Field(description="site_id whose visitor is erased")
+    visitor: str = Field(description="the visitor_id to erase (as in events_log and the exported files)")
+    reason: str = Field(description="why, for the erasures ledger (e.g. a GDPR request's reference)")
+
+
+@dg.op(name="erase_visitor", description="Remove one visitor of one site from events_log, the dead "
+       "letter and every exported hour's files and receipts in both buckets; recorded in `erasures`.")
+def erase_visitor_op(context: dg.OpExecutionContext, config: ErasureRequest, postgres: PostgresResource,
+                     s3: S3Resource, settings: PipelineSettings) -> dg.Output[int]:
+    with postgres.get_connection(autocommit=True) as conn:
+        try:
+            erasure = erase_visitor(conn, s3.get_client(), settings, config.site, config.visitor, config.reason)
+        except PixelpipeError as error:
+            raise dg.Failure(description=str(error)) from None
+    context.log.info(f"erasure {erasure.erasure_id}: {erasure.rows_in_database} rows from events_log, "
+                     f"{erasure.rows_in_files} from the files of {len(erasure.hours_rewritten)} hours")
+    return dg.Output(erasure.erasure_id, metadata=erasure_metadata(erasure))
+
+
+def erasure_metadata(erasure: Erasure) -> dict:
+    return {"erasure_id": erasure.erasure_id, "site": erasure.site,
+            "rows_in_database": erasure.rows_in_database, "rows_in_files": erasure.rows_in_files,
+            "dead_letters": erasure.dead_letters, "hours_rewritten": len(erasure.hours_rewritten),
+            "statements_reissued": erasure.statements_reissued}
+
+
+@dg.job(name="erase_visitor_job", description="Erase one visitor of one site (the same request as "
+        "`pixelpipe erase --site S --visitor V --reason R`).")
+def erase_visitor_job():
+    erase_visitor_op()
