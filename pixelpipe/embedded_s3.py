@@ -54,6 +54,10 @@ class EmbeddedS3:
         self.secret_key = credentials["secret_key"]
         self.admin_access_key = credentials["admin_access_key"]
         self.admin_secret_key = credentials["admin_secret_key"]
+        # A read-only identity, as a client gets for its own bucket: enough for `pixelpipe verify`.
+        reader = json.loads(read_or_create_secret(self.data_dir.parent / "reader-credentials.json", lambda: json.dumps({
+            "access_key": "ppread" + secrets.token_hex(9), "secret_key": secrets.token_urlsafe(30)})))
+        self.reader_access_key, self.reader_secret_key = reader["access_key"], reader["secret_key"]
 
     @property
     def endpoint(self) -> str:
@@ -77,6 +81,9 @@ class EmbeddedS3:
             {"name": "pixelpipe-admin",
              "credentials": [{"accessKey": self.admin_access_key, "secretKey": self.admin_secret_key}],
              "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+            {"name": "pixelpipe-reader",
+             "credentials": [{"accessKey": self.reader_access_key, "secretKey": self.reader_secret_key}],
+             "actions": ["Read", "List"]},
         ]}))
         # Internal listeners get free ports each start; only the S3 port is part of the contract.
         internal = {

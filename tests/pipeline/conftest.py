@@ -82,10 +82,10 @@ def with_settings(resources: dict, **changes) -> dict:
 
 
 def verify(s3_server, *args, env=None):
-    """`pixelpipe verify` as a client runs it: S3 endpoint and keys, no database, no stack."""
+    """`pixelpipe verify` as a client runs it: S3 endpoint and read-only keys, no database, no stack."""
     clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PIXELPIPE_HOME")}
     return subprocess.run(
         [sys.executable, "-m", "pixelpipe.cli", "verify", *args], capture_output=True, text=True, timeout=120,
         env={**clean, "PIXELPIPE_HOME": "/nonexistent", "PIXELPIPE_S3_ENDPOINT": s3_server.endpoint,
-             "AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-             **(env or {})})
+             "AWS_ACCESS_KEY_ID": s3_server.reader_access_key,
+             "AWS_SECRET_ACCESS_KEY": s3_server.reader_secret_key, **(env or {})})

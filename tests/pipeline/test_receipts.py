@@ -5,8 +5,11 @@ import io
 import json
 
 import pyarrow.parquet as pq
+import pytest
+from botocore.exceptions import ClientError
 
 from pipeline.export_files import EXPORT_SCHEMA_VERSION
+from pixelpipe.core.s3 import s3_client
 from tests.pipeline.conftest import (
     closed_hour,
     materialize_export,
@@ -67,6 +70,10 @@ def test_pixelpipe_verify_passes_then_names_each_problem(resources, db, s3, s3_s
             seed_events(db, hour, site, 5)
         assert materialize_export(resources, partition=partition_key(hour)).success
     client = buckets["client"]
+    # verify() runs with a read-only identity: one that cannot write to the bucket at all.
+    reader = s3_client(s3_server.endpoint, s3_server.reader_access_key, s3_server.reader_secret_key, "us-east-1")
+    with pytest.raises(ClientError, match="AccessDenied"):
+        reader.put_object(Bucket=client, Key="written-by-a-reader", Body=b"x")
     passed = verify(s3_server, f"s3://{client}")
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "8 site-hours checked" in passed.stderr and "all match their receipts" in passed.stderr
