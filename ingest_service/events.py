@@ -357,11 +357,26 @@ def client_ip(peer: str | None, forwarded_for: str | None,
     return str(address)
 
 
+class SdkEvent(dict):
+    """An event an SDK sent (ingest_service/sdks/), already under our field names (eventType,
+    eventId, visitorId, sessionId, url, path, timestamp, userAgent, siteId). `raw` is the event
+    as the SDK sent it, which raw_event_data keeps; `source` names the protocol. Its userAgent is
+    its own or none: a server-side SDK's request comes from a library, not from the visitor."""
+
+    __slots__ = ("raw", "source")
+
+    def __init__(self, fields: dict, raw: dict, source: str):
+        super().__init__(fields)
+        self.raw = raw
+        self.source = source
+
+
 def event_row(event, context: RequestContext, envelope: dict | None = None) -> tuple:
     """One event object -> a row in EVENT_COLUMNS order, or EventRejected."""
     if not isinstance(event, dict):
         raise EventRejected("not_an_object", "Each event must be a JSON object.")
-    raw_json = _raw_json(event)
+    sdk = isinstance(event, SdkEvent)
+    raw_json = _raw_json(event.raw if sdk else event)
     event_type = event.get("eventType")
     if not isinstance(event_type, str) or not event_type.strip():
         raise EventRejected("missing_event_type", 'The event has no "eventType" string.')
@@ -390,6 +405,7 @@ def event_row(event, context: RequestContext, envelope: dict | None = None) -> t
             path = urlsplit(url).path or None
         except ValueError:
             path = None
+    agent = _text(event.get("userAgent"), USER_AGENT_MAX)
     return (
         event_id(event.get("eventId")),
         event_type,
@@ -399,8 +415,8 @@ def event_row(event, context: RequestContext, envelope: dict | None = None) -> t
         parse_timestamp(event.get("timestamp"), context.received_at),
         url,
         path[:PATH_MAX] if path else None,
-        _text(event.get("userAgent"), USER_AGENT_MAX) or _text(context.user_agent, USER_AGENT_MAX),
+        agent if sdk or agent else _text(context.user_agent, USER_AGENT_MAX),
         context.client_ip,
         raw_json,
+        event.source if sdk else "pixelpipe",
     )
-

@@ -28,7 +28,8 @@ from pixelpipe.core.receipts import HourSummary
 # tested in tests/pipeline/test_export_schema.py. A change to it is a new EXPORT_SCHEMA_VERSION,
 # which every file carries in its key-value metadata.
 # Version 2: raw_event_data has Parquet's JSON logical type (engines read it as JSON).
-EXPORT_SCHEMA_VERSION = 2
+# Version 3: `source`, last: the protocol the event came in by (pixelpipe, segment, snowplow, posthog).
+EXPORT_SCHEMA_VERSION = 3
 EXPORT_SCHEMA = pa.schema([
     pa.field("id", pa.int64(), nullable=False),
     pa.field("event_id", pa.string(), nullable=False),
@@ -43,18 +44,19 @@ EXPORT_SCHEMA = pa.schema([
     pa.field("ip_address", pa.string()),
     pa.field("raw_event_data", pa.json_(), nullable=False),
     pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
 ], metadata={"pixelpipe.schema_version": str(EXPORT_SCHEMA_VERSION)})
 _RAW = EXPORT_SCHEMA.get_field_index("raw_event_data")
 # Dictionary encoding pays off only where values repeat; on ids, URLs and raw JSON it is built
 # and then abandoned. Statistics serve readers' predicate pushdown and the tenant check.
 _DICTIONARY_COLUMNS = ["event_type", "session_id", "visitor_id", "site_id", "path", "user_agent",
-                       "ip_address"]
+                       "ip_address", "source"]
 _STATISTICS_COLUMNS = ["id", "event_type", "site_id", "timestamp", "created_at"]
 # The columns in EXPORT_SCHEMA order; the hour's bounds are formatted from datetimes, never
 # from user input.
 _HOUR_QUERY = """
 SELECT id, event_id::text, event_type, session_id, visitor_id, site_id, "timestamp", url, path,
-       user_agent, ip_address::text, raw_event_data::text, created_at
+       user_agent, ip_address::text, raw_event_data::text, created_at, source::text
 FROM events_log
 WHERE created_at >= '{start}'::timestamptz AND created_at < '{end}'::timestamptz
 ORDER BY site_id, id

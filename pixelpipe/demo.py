@@ -53,7 +53,7 @@ def write_history(database_url: str, now: datetime, rng: random.Random) -> int:
                         copy.write_row((uuid.uuid4(), event["eventType"], event["sessionId"], event["visitorId"], site,
                                         event["timestamp"], event["url"], urlsplit(event["url"]).path,
                                         "Mozilla/5.0 (demo)", f"203.0.113.{rng.randrange(1, 255)}",
-                                        orjson.dumps(event).decode(), created))
+                                        orjson.dumps(event).decode(), "pixelpipe", created))
                         written += 1
         return written
 

@@ -15,7 +15,7 @@ from psycopg import sql
 # The columns the collector writes, in COPY order.
 EVENT_COLUMNS = (
     "event_id", "event_type", "session_id", "visitor_id", "site_id", "timestamp",
-    "url", "path", "user_agent", "ip_address", "raw_event_data",
+    "url", "path", "user_agent", "ip_address", "raw_event_data", "source",
 )
 
 # The collector should never write into the default partition: keep this many hours ready.

@@ -181,7 +181,8 @@ def test_values_postgres_would_refuse_are_validated_first(client, db, event, sta
 def test_a_row_the_database_refuses_is_isolated_and_the_rest_of_the_group_commits(database_url, db):
     db.execute("ALTER TABLE events_log ADD CONSTRAINT no_poison CHECK (event_type <> 'poison')")
     def row(event_type="e"):  # EVENT_COLUMNS order; each event its own id
-        return (uuid.uuid4(), event_type, None, None, "s", datetime.now(UTC), None, None, None, None, "{}")
+        return (uuid.uuid4(), event_type, None, None, "s", datetime.now(UTC), None, None, None, None, "{}",
+                "pixelpipe")
 
     async def scenario():
         writer = EventWriter(database_url, CollectorMetrics())

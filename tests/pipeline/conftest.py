@@ -54,7 +54,7 @@ def seed_events(db: psycopg.Connection, hour: datetime, site: str, count: int,
                 uuid.uuid4(), raw["eventType"], f"sess-{i % 5}", f"vis-{i % 7}" if i % 4 else None, site,
                 event_time or created - timedelta(seconds=2), f"https://{site}.example/p/{i}",
                 f"/p/{i}", "Mozilla/5.0 (test)", f"198.51.100.{i % 250}" if i % 6 else None,
-                orjson.dumps(raw).decode(), created,
+                orjson.dumps(raw).decode(), "pixelpipe", created,
             ))
 
 

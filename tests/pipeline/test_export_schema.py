@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from pipeline.export_files import EXPORT_SCHEMA_VERSION
 from tests.pipeline.conftest import closed_hour, materialize_export, partition_key, seed_events
 
-CONTRACT = [  # version 2
+CONTRACT = [  # version 3
     ("id", "INT64", None, "int64"),
     ("event_id", "BYTE_ARRAY", "String", "string"),
     ("event_type", "BYTE_ARRAY", "String", "string"),
@@ -23,6 +23,7 @@ CONTRACT = [  # version 2
     ("ip_address", "BYTE_ARRAY", "String", "string"),
     ("raw_event_data", "BYTE_ARRAY", "JSON", "extension<arrow.json>"),
     ("created_at", "INT64", "Timestamp(isAdjustedToUTC=true, timeUnit=microseconds, is_from_converted_type=false, force_set_converted_type=false)", "timestamp[us, tz=UTC]"),
+    ("source", "BYTE_ARRAY", "String", "string"),
 ]
 
 
@@ -38,7 +39,8 @@ def test_an_exported_file_has_the_versioned_schema_and_json_typed_raw_events(res
              str(file.schema_arrow.field(c.name).type)) for c in parquet] == [
         (name, physical, logical, arrow) for name, physical, logical, arrow in CONTRACT]
     assert file.metadata.metadata[b"pixelpipe.schema_version"] == str(EXPORT_SCHEMA_VERSION).encode()
-    assert EXPORT_SCHEMA_VERSION == 2
+    assert EXPORT_SCHEMA_VERSION == 3
+    assert set(file.read(columns=["source"]).column("source").to_pylist()) == {"pixelpipe"}
     raw = file.read().column("raw_event_data")
     assert raw.type == pa.json_()
     assert '"tier":"pro"' in raw[0].as_py().replace(" ", "")
