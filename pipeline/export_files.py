@@ -255,6 +255,18 @@ def write_hour_files(
         yield from current.finish()
 
 
+def _in_current_schema(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch of a file written under an earlier schema version, in the current one: version 1's
+    raw_event_data tagged as JSON, version 2's missing source filled in (only our own protocol
+    existed then)."""
+    columns = dict(zip(batch.schema.names, batch.columns, strict=True))
+    if columns["raw_event_data"].type != pa.json_():
+        columns["raw_event_data"] = pa.ExtensionArray.from_storage(pa.json_(), columns["raw_event_data"])
+    if "source" not in columns:
+        columns["source"] = pa.array(["pixelpipe"] * batch.num_rows, pa.string())
+    return pa.RecordBatch.from_arrays([columns[name] for name in EXPORT_SCHEMA.names], schema=EXPORT_SCHEMA)
+
+
 def rewrite_site_files(
     sources: list[Path],
     site_id: str,
@@ -273,7 +285,7 @@ def rewrite_site_files(
     writer = _SiteFileWriter(site_id, spool, rows_per_file, row_group_rows)
     for source in sources:
         for batch in pq.ParquetFile(source).iter_batches(batch_size=row_group_rows):
-            batch = pa.RecordBatch.from_arrays(batch.columns, schema=EXPORT_SCHEMA)
+            batch = _in_current_schema(batch)
             batch = batch.filter(keep(batch))
             if batch.num_rows:
                 _summarize(summary, batch, hour)

@@ -10,6 +10,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.assets.retention import apply_retention
@@ -198,3 +200,21 @@ def test_an_erasure_that_dies_half_way_is_finished_by_running_it_again(
             assert (len(rows), receipt["rows"], receipt["erased_events"]) == (17, 17, 3)
         assert verify(s3_server, f"s3://{bucket}").returncode == 0
     assert db.execute("SELECT count(*) FROM export_hours WHERE verified_at IS NOT NULL").fetchone()[0] == 2
+
+
+def test_a_file_of_an_earlier_schema_version_is_rewritten_in_the_current_one(tmp_path):
+    from pipeline.export_files import EXPORT_SCHEMA, rewrite_site_files
+
+    old = EXPORT_SCHEMA.remove(EXPORT_SCHEMA.get_field_index("source"))  # version 2
+    old = old.set(old.get_field_index("raw_event_data"), pa.field("raw_event_data", pa.string()))  # version 1
+    hour = datetime(2026, 10, 10, 5, tzinfo=UTC)
+    rows = {"id": [1, 2], "event_id": ["a", "b"], "event_type": ["pageview"] * 2, "session_id": [None] * 2,
+            "visitor_id": ["vis-1", "vis-2"], "site_id": ["alpha"] * 2, "timestamp": [hour] * 2,
+            "url": [None] * 2, "path": [None] * 2, "user_agent": [None] * 2, "ip_address": [None] * 2,
+            "raw_event_data": ["{}"] * 2, "created_at": [hour] * 2}
+    pq.write_table(pa.table(rows, schema=old), tmp_path / "v1.parquet")
+    [file] = rewrite_site_files([tmp_path / "v1.parquet"], "alpha", hour, tmp_path / "out",
+                                lambda batch: pc.not_equal(batch.column("visitor_id"), "vis-1"))
+    table = pq.read_table(file.path)
+    assert table.schema.equals(EXPORT_SCHEMA) and file.rows == 1
+    assert table.column("source").to_pylist() == ["pixelpipe"] and table.column("visitor_id").to_pylist() == ["vis-2"]
