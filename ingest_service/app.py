@@ -47,6 +47,11 @@ from ingest_service.events import (
 )
 from ingest_service.metrics import CollectorMetrics
 from ingest_service.openapi import OPENAPI
+from ingest_service.sdks import SdkBatch
+from ingest_service.sdks.posthog import capture_answer, capture_batch, decode_payload
+from ingest_service.sdks.segment import CALLS as SEGMENT_CALLS
+from ingest_service.sdks.segment import segment_answer, segment_batch
+from ingest_service.sdks.snowplow import is_tracker_query, tp2_batch, tracker_event
 from ingest_service.visitors import (
     NEW_AGENTS_PER_REQUEST,
     DailySalts,
@@ -302,7 +307,7 @@ class Collector:
 
         def refuse(position: int, reason: str) -> tuple:
             candidate = candidates[indexes[position]]
-            raw = intake.body if len(candidates) == 1 else orjson.dumps(candidate)
+            raw = intake.body if len(candidates) == 1 else orjson.dumps(getattr(candidate, "raw", candidate))
             return self.dead_letter(f"database_refused: {reason} (event {indexes[position]})", intake, raw)
 
         try:
@@ -407,7 +412,8 @@ class Collector:
         rows = []
         for index, error in problems:
             try:  # a lone event's body is the event (the pixel's: its query string)
-                raw = intake.body if len(candidates) == 1 else orjson.dumps(candidates[index])
+                raw = intake.body if len(candidates) == 1 else orjson.dumps(getattr(candidates[index], "raw",
+                                                                                    candidates[index]))
             except orjson.JSONEncodeError:
                 raw = intake.body
             rows.append(self.dead_letter(f"{error.code}: {error.detail} (event {index})", intake, raw))
@@ -493,8 +499,10 @@ class Collector:
         context, origin = self.scope_context(scope)
         query = scope["query_string"]
         intake = Intake("/i", None, context, query, len(query))
-        outcome = self.ip_limited(context, 1) or await self.ingest(
-            intake, [dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))], None, len(query))
+        params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+        if is_tracker_query(params):  # a Snowplow tracker's GET
+            params = tracker_event(params, context.user_agent)
+        outcome = self.ip_limited(context, 1) or await self.ingest(intake, [params], None, len(query))
         if outcome.status in (429, 503):
             await _json(outcome.body(), outcome.status, outcome.headers())(scope, receive, send)
             return
@@ -514,11 +522,15 @@ class Collector:
         outcome = await self._collect(request)
         return _json(outcome.body(), outcome.status, outcome.headers())
 
+    def request_context(self, request: Request) -> RequestContext:
+        headers = request.headers
+        return self.context(request.client.host if request.client else None,
+                            forwarded_for(headers.getlist("x-forwarded-for")),
+                            headers.get("user-agent"), headers.get("referer"), headers.get("origin"))
+
     async def _collect(self, request: Request) -> Outcome:
         headers = request.headers
-        context = self.context(request.client.host if request.client else None,
-                               forwarded_for(headers.getlist("x-forwarded-for")),
-                               headers.get("user-agent"), headers.get("referer"), headers.get("origin"))
+        context = self.request_context(request)
         content_type = headers.get("content-type")
         body, size = await self._read_body(request)
         intake = Intake("/collect", content_type, context, body, size)
@@ -554,6 +566,73 @@ class Collector:
         if keyed_site is not None and "siteId" not in envelope:
             envelope = {**envelope, "siteId": keyed_site}
         return await self.ingest(intake, candidates, envelope, len(payload), keyed_site)
+
+    # --- other SDKs' protocols (ingest_service/sdks/) ----------------------------------------
+
+    async def segment(self, request: Request) -> Response:
+        """Segment's and RudderStack's SDKs: /v1/batch and the single calls."""
+        call = request.path_params["call"]
+        if call not in SEGMENT_CALLS:
+            return _json({"code": "not_found", "message": f"/v1/{call} is not a Segment endpoint; "
+                          f"use one of {', '.join('/v1/' + c for c in SEGMENT_CALLS)}."}, 404)
+        authorization = request.headers.get("authorization")
+        outcome = await self._sdk(request, lambda payload: segment_batch(payload, call, authorization, self.limits),
+                                  keyed=True, gzip_header=True)
+        return _json(segment_answer(outcome.body(), outcome.status), outcome.status, outcome.headers())
+
+    async def posthog(self, request: Request) -> Response:
+        """PostHog's SDKs: /batch/, /capture/, /e/ (and /i/v0/e/ of newer posthog-js)."""
+        headers, compression = request.headers, request.query_params.get("compression")
+
+        def translate(body: bytes) -> SdkBatch:
+            payload = decode_payload(body, headers.get("content-type"), headers.get("content-encoding"),
+                                     compression, self.limits)
+            return capture_batch(payload, self.limits)
+
+        outcome = await self._sdk(request, translate, keyed=True, decoded=True)
+        return _json(capture_answer(outcome.body(), outcome.status), outcome.status, outcome.headers())
+
+    async def snowplow(self, request: Request) -> Response:
+        """Snowplow trackers' POST; their GET is the pixel's /i."""
+        agent = request.headers.get("user-agent")
+        outcome = await self._sdk(request, lambda payload: tp2_batch(payload, agent, self.limits),
+                                  keyed=False, gzip_header=True)
+        return _json(outcome.body(), outcome.status, outcome.headers())
+
+    async def _sdk(self, request: Request, translate, *, keyed: bool, gzip_header: bool = False,
+                   decoded: bool = False) -> Outcome:
+        """An SDK's request through the one intake path: read within the cap, translated, the
+        write key checked (401 without a valid one), limited like /collect, then ingested.
+        `translate` gets the body inflated (gzip_header: by Content-Encoding) or, with `decoded`,
+        as received (the protocol inflates it itself)."""
+        context = self.request_context(request)
+        content_type = request.headers.get("content-type")
+        body, size = await self._read_body(request)
+        intake = Intake(request.url.path, content_type, context, body, size)
+        try:
+            if size > self.limits.max_body_bytes:
+                raise BodyRejected(413, "body_too_large", f"The body is larger than the "
+                                   f"{self.limits.max_body_bytes}-byte cap; lower the SDK's batch size.")
+            payload = body if decoded or not gzip_header else decode_body(
+                body, "application/json", request.headers.get("content-encoding"), self.limits)
+            batch = translate(payload)
+        except BodyRejected as error:
+            inflated = self.limits.max_body_bytes if error.code == "body_too_large" else len(body)
+            return self.ip_limited(context, inflated // BODY_BYTES_PER_TOKEN) \
+                or await self.reject_body(intake, error.status, error.code, error.detail)
+        limited = self.ip_limited(context, len(batch.events) + batch.payload_bytes // BODY_BYTES_PER_TOKEN)
+        if limited is not None:
+            return limited
+        keyed_site = None
+        if keyed:
+            keyed_site = await self.sites.site_for_key(batch.write_key) if batch.write_key else None
+            if keyed_site is None:
+                return await self.reject_body(
+                    intake, 401, "invalid_write_key",
+                    "No valid write key: send the site's key as the SDK's write key / api_key "
+                    "(`pixelpipe site key SITE` makes one). Nothing was stored.", len(batch.events))
+        envelope = {"siteId": keyed_site} if keyed_site else None
+        return await self.ingest(intake, batch.events, envelope, batch.payload_bytes, keyed_site)
 
     async def _read_body(self, request: Request) -> tuple[bytes, int]:
         """Read at most the cap (plus one chunk to tell it was exceeded); return (body, size)."""
@@ -681,6 +760,10 @@ def create_app(settings: Settings, database_url: str, extra_routes: list | None 
     app = Starlette(
         routes=[
             Route("/collect", collector.collect, methods=["POST"]),
+            Route("/v1/{call}", collector.segment, methods=["POST"]),
+            *(Route(path, collector.posthog, methods=["POST"])
+              for path in ("/batch/", "/capture/", "/e/", "/i/v0/e/")),
+            Route("/com.snowplowanalytics.snowplow/tp2", collector.snowplow, methods=["POST"]),
             Route("/t.js", collector.tracker, methods=["GET"]),
             Route("/healthz", collector.healthz, methods=["GET"]),
             *operator_routes,

@@ -107,6 +107,11 @@ def decode_body(body: bytes, content_type: str | None, content_encoding: str | N
     if encoding != "gzip":
         raise BodyRejected(415, "unsupported_encoding",
                            f"Content-Encoding {encoding!r} is not accepted; use gzip or none.")
+    return inflate_gzip(body, limits)
+
+
+def inflate_gzip(body: bytes, limits: Limits) -> bytes:
+    """A gzip body inflated, never past the size cap nor past MAX_GZIP_RATIO times its size."""
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
         # A first step, to see the ratio before paying for a whole megabyte.
@@ -363,12 +368,13 @@ class SdkEvent(dict):
     as the SDK sent it, which raw_event_data keeps; `source` names the protocol. Its userAgent is
     its own or none: a server-side SDK's request comes from a library, not from the visitor."""
 
-    __slots__ = ("raw", "source")
+    __slots__ = ("raw", "source", "problem")
 
-    def __init__(self, fields: dict, raw: dict, source: str):
+    def __init__(self, fields: dict, raw, source: str, problem: EventRejected | None = None):
         super().__init__(fields)
         self.raw = raw
         self.source = source
+        self.problem = problem  # found while translating it: the event is dead-lettered with it
 
 
 def event_row(event, context: RequestContext, envelope: dict | None = None) -> tuple:
@@ -376,6 +382,8 @@ def event_row(event, context: RequestContext, envelope: dict | None = None) -> t
     if not isinstance(event, dict):
         raise EventRejected("not_an_object", "Each event must be a JSON object.")
     sdk = isinstance(event, SdkEvent)
+    if sdk and event.problem is not None:
+        raise event.problem
     raw_json = _raw_json(event.raw if sdk else event)
     event_type = event.get("eventType")
     if not isinstance(event_type, str) or not event_type.strip():

@@ -1,0 +1,88 @@
+"""PostHog's capture API, which PostHog's SDKs speak: POST /batch/, /capture/ and /e/, the
+project api_key (here: the site's write key) in the body, gzip or lz64 compression."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from urllib.parse import parse_qs
+
+from ingest_service.events import EVENT_TYPE_MAX, BodyRejected, Limits, SdkEvent, inflate_gzip
+from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json, sdk_event
+from ingest_service.sdks.lz64 import decompress_base64
+
+SOURCE = "posthog"
+# lz-string decompresses at well under 1 MB/s in Python: a body of this size costs ~0.1 s. Modern
+# posthog-js sends gzip; lz64 is only for older versions, whose batches are small.
+LZ64_MAX_BODY = 64 * 1024
+
+
+def decode_payload(body: bytes, content_type: str | None, content_encoding: str | None,
+                   compression: str | None, limits: Limits) -> bytes:
+    """The JSON text of a capture request, however posthog-js or posthog-python packed it:
+    plain, gzip (Content-Encoding, or ?compression=gzip-js), or a form field `data` holding
+    base64 or lz-string base64 (?compression=lz64)."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if (content_encoding or "").strip().lower() == "gzip" or compression in ("gzip", "gzip-js"):
+        return inflate_gzip(body, limits)
+    if media_type != "application/x-www-form-urlencoded":
+        return body
+    try:
+        form = parse_qs(body.decode("latin-1"), max_num_fields=10)
+    except ValueError:
+        raise BodyRejected(400, "malformed_form", "The form body has more than 10 fields.") from None
+    data = (form.get("data") or [""])[0]
+    compression = (form.get("compression") or [compression])[0]
+    if compression == "lz64":
+        if len(body) > LZ64_MAX_BODY:
+            raise BodyRejected(413, "body_too_large", f"An lz64 body may be at most {LZ64_MAX_BODY} bytes; "
+                               "newer posthog-js versions send gzip, which has no such limit.")
+        return decompress_base64(data, limits.max_body_bytes).encode()
+    try:
+        return base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        raise BodyRejected(400, "bad_base64", "The form field `data` is not base64.") from None
+
+
+def capture_event(event) -> SdkEvent:
+    """One PostHog event under our names: its name, uuid, distinct_id, $session_id, $current_url."""
+    if not isinstance(event, dict):
+        return event
+    properties = as_dict(event.get("properties"))
+    name = event.get("event")
+    return sdk_event({
+        "eventType": name[:EVENT_TYPE_MAX] if isinstance(name, str) else None,
+        "eventId": event.get("uuid"),
+        "visitorId": event.get("distinct_id") or properties.get("distinct_id"),
+        "sessionId": properties.get("$session_id"),
+        "url": properties.get("$current_url"),
+        "path": properties.get("$pathname"),
+        "timestamp": event.get("timestamp"),
+        "userAgent": properties.get("$raw_user_agent"),
+    }, event, SOURCE)
+
+
+def _key_of(event) -> str | None:
+    if not isinstance(event, dict):
+        return None
+    return event.get("api_key") or event.get("token") or as_dict(event.get("properties")).get("token")
+
+
+def capture_batch(payload: bytes, limits: Limits) -> SdkBatch:
+    """{"api_key", "batch": [...]} (posthog-python), one event, or a JSON array (posthog-js)."""
+    document = load_json(payload)
+    if isinstance(document, dict) and isinstance(document.get("batch"), list):
+        events, key = document["batch"], _key_of(document)
+    elif isinstance(document, dict):
+        events, key = [document], _key_of(document)
+    elif isinstance(document, list):
+        events, key = document, None
+    else:
+        raise BodyRejected(400, "not_an_object", "The body must be a PostHog event, a list of them or a batch.")
+    key = key or next((k for k in map(_key_of, events) if k), None)
+    return checked_batch([capture_event(e) for e in events], limits, key, len(payload))
+
+
+def capture_answer(body: dict, status: int) -> dict:
+    """PostHog answers {"status": 1}; on an error its SDKs read `detail`, which ours has."""
+    return {"status": 1, **body} if status < 300 else {"type": "validation_error", **body}

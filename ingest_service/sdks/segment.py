@@ -1,0 +1,68 @@
+"""Segment's HTTP tracking API, which Segment's and RudderStack's SDKs speak: POST /v1/batch and
+/v1/track, /page, /screen, /identify, /group, /alias, the write key as HTTP basic auth user."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from ingest_service.events import EVENT_TYPE_MAX, BodyRejected, Limits, SdkEvent
+from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json, sdk_event
+
+SOURCE = "segment"
+CALLS = ("batch", "track", "page", "screen", "identify", "group", "alias")
+
+
+def basic_auth_user(authorization: str | None) -> str | None:
+    """The user of `Authorization: Basic base64(user:password)`: where the SDKs put the write key."""
+    scheme, _, encoded = (authorization or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0] or None
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def message_event(message, call: str) -> SdkEvent:
+    """One Segment message under our names: a track is named by its event, the other calls by
+    their type; userId, else anonymousId, is the visitor."""
+    if not isinstance(message, dict):
+        return message  # the collector dead-letters it (not_an_object)
+    kind = message.get("type") or call
+    context = as_dict(message.get("context"))
+    page = as_dict(context.get("page"))
+    properties = as_dict(message.get("properties"))
+    name = message.get("event") if kind == "track" else kind
+    return sdk_event({
+        "eventType": name[:EVENT_TYPE_MAX] if isinstance(name, str) else None,
+        "eventId": message.get("messageId"),
+        "visitorId": message.get("userId") or message.get("anonymousId"),
+        "sessionId": context.get("sessionId"),
+        "url": page.get("url") or properties.get("url"),
+        "path": page.get("path") or properties.get("path"),
+        "timestamp": message.get("timestamp") or message.get("originalTimestamp"),
+        "userAgent": context.get("userAgent"),
+    }, message, SOURCE)
+
+
+def segment_batch(payload: bytes, call: str, authorization: str | None, limits: Limits) -> SdkBatch:
+    """/v1/batch holds {"batch": [messages]}; /v1/<call> holds one message of that type."""
+    document = load_json(payload)
+    if not isinstance(document, dict):
+        raise BodyRejected(400, "not_an_object", "The body must be a JSON object (a Segment message or batch).")
+    if call == "batch":
+        messages = document.get("batch")
+        if not isinstance(messages, list):
+            raise BodyRejected(400, "malformed_batch", '/v1/batch needs "batch": a JSON array of messages.')
+    else:
+        messages = [document]
+    key = basic_auth_user(authorization) or document.get("writeKey")
+    return checked_batch([message_event(m, call) for m in messages], limits, key, len(payload))
+
+
+def segment_answer(body: dict, status: int) -> dict:
+    """Segment's own shape beside ours: the SDKs read `code` and `message` on an error."""
+    if status < 300:
+        return {"success": True, **body}
+    return {"code": body.get("error"), "message": body.get("detail"), **body}
