@@ -15,15 +15,18 @@ SOURCE = "posthog"
 # lz-string decompresses at well under 1 MB/s in Python: a body of this size costs ~0.1 s. Modern
 # posthog-js sends gzip; lz64 is only for older versions, whose batches are small.
 LZ64_MAX_BODY = 64 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def decode_payload(body: bytes, content_type: str | None, content_encoding: str | None,
                    compression: str | None, limits: Limits) -> bytes:
     """The JSON text of a capture request, however posthog-js or posthog-python packed it:
-    plain, gzip (Content-Encoding, or ?compression=gzip-js), or a form field `data` holding
+    plain, gzip (Content-Encoding, ?compression=gzip-js, or just gzip's magic bytes: posthog-js
+    1.449 marks it nowhere), or a form field `data` holding
     base64 or lz-string base64 (?compression=lz64)."""
     media_type = (content_type or "").split(";")[0].strip().lower()
-    if (content_encoding or "").strip().lower() == "gzip" or compression in ("gzip", "gzip-js"):
+    gzip = (content_encoding or "").strip().lower() == "gzip" or compression in ("gzip", "gzip-js")
+    if gzip or body[:2] == _GZIP_MAGIC:  # posthog-js may send gzip as text/plain, unmarked
         return inflate_gzip(body, limits)
     if media_type != "application/x-www-form-urlencoded":
         return body
