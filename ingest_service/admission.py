@@ -20,8 +20,8 @@ from ingest_service.events import EventRejected, page_host
 from pixelpipe.core.sites import write_key_hash
 
 SITES_REFRESH_SECONDS = 10
-# Unknown keys refresh the cache at most this often (each waits for the next such refresh), so a
-# key `pixelpipe site key` just made works without letting a stream of wrong keys hammer the database.
+# An unknown key refreshes the cache at most this often, so that a stream of wrong keys cannot
+# hammer the database; a key `pixelpipe site key` just made is announced (follow_changes) anyway.
 UNKNOWN_KEY_REFRESH_SECONDS = 1.0
 
 
@@ -49,7 +49,6 @@ class SiteDirectory:
         self._conn: psycopg.AsyncConnection | None = None
         self._lock = asyncio.Lock()
         self._last_refresh = 0.0
-        self._key_refresh: asyncio.Future | None = None
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
@@ -81,23 +80,26 @@ class SiteDirectory:
             await self.refresh()
 
     async def site_for_key(self, key: str) -> str | None:
-        """The site whose write key this is. A key not in the cache waits for the next refresh
-        (at most UNKNOWN_KEY_REFRESH_SECONDS away, shared by every unknown key meanwhile), so a
-        key made a moment ago works on its first requests, also several at once."""
         digest = write_key_hash(key)
         site = self.keys.get(digest)
-        if site is None:
-            if self._key_refresh is None or self._key_refresh.done():
-                self._key_refresh = asyncio.ensure_future(self._refresh_for_unknown_key())
-            await asyncio.shield(self._key_refresh)
+        if site is None and time.monotonic() - self._last_refresh > UNKNOWN_KEY_REFRESH_SECONDS:
+            await self.refresh()
             site = self.keys.get(digest)
         return site
 
-    async def _refresh_for_unknown_key(self) -> None:
-        wait = UNKNOWN_KEY_REFRESH_SECONDS - (time.monotonic() - self._last_refresh)
-        if wait > 0:
-            await asyncio.sleep(wait)
-        await self.refresh()
+    async def follow_changes(self) -> None:
+        """Reload whenever `sites` changes (sql/013_sites_notify.sql announces it), so a new key
+        or a blocked site takes effect at once rather than at the next periodic refresh."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self.database_url, connect_timeout=2, autocommit=True) as conn:
+                    await conn.execute("LISTEN pixelpipe_sites")
+                    await self.refresh()  # what changed while we were not listening
+                    async for _ in conn.notifies():
+                        await self.refresh()
+            except psycopg.Error:
+                await asyncio.sleep(SITES_REFRESH_SECONDS)  # keep_fresh covers the gap
 
     async def admit(self, unseen: set[str]) -> set[str]:
         """Admit unseen sites under the open policy; returns those that may send now.

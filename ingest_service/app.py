@@ -573,8 +573,8 @@ class Collector:
         """Segment's and RudderStack's SDKs: /v1/batch and the single calls."""
         call = request.path_params["call"]
         if call not in SEGMENT_CALLS:
-            return _json({"code": "not_found", "message": f"/v1/{call} is not a Segment endpoint; "
-                          f"use one of {', '.join('/v1/' + c for c in SEGMENT_CALLS)}."}, 404)
+            detail = f"/v1/{call} is not a Segment endpoint; use one of {', '.join('/v1/' + c for c in SEGMENT_CALLS)}."
+            return _json({"code": "not_found", "message": detail, "error": "not_found", "detail": detail}, 404)
         authorization = request.headers.get("authorization")
         outcome = await self._sdk(request, lambda payload: segment_batch(payload, call, authorization, self.limits),
                                   keyed=True, gzip_header=True)
@@ -735,6 +735,7 @@ def create_app(settings: Settings, database_url: str, extra_routes: list | None 
     async def lifespan(app):
         await collector.sites.refresh()
         background = [asyncio.create_task(collector.sites.keep_fresh()),
+                      asyncio.create_task(collector.sites.follow_changes()),
                       asyncio.create_task(collector.summarise_floods())]
         admin = None
         if settings.admin_port:

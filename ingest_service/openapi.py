@@ -64,6 +64,63 @@ _PIXEL_PARAMETERS = [
                          ("timestamp", {"type": "string"}))
 ]
 _TEXT_RESPONSE = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+_RESULT_RESPONSE = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}}
+
+
+def _sdk_operation(summary: str, body: dict, keyed: bool) -> dict:
+    """An SDK protocol's endpoint (docs/sdks.md): the same answers as /collect, in that SDK's shape."""
+    responses = {
+        "200": {"description": "Every accepted event is committed; rejected ones are dead-lettered", **_RESULT_RESPONSE},
+        "400": _refusal("Malformed or invalid input (dead-lettered)"),
+        "413": _refusal("Body, batch or what it would store over its cap (dead-lettered)"),
+        "414": _refusal("Request target over 8 KiB"),
+        "431": _refusal("Headers over 16 KiB"),
+        "429": _LIMITED,
+        "503": _UNAVAILABLE,
+    }
+    if keyed:
+        responses["401"] = _refusal("No valid write key (dead-lettered)")
+    return {"post": {"summary": summary, "requestBody": {"required": True, "content": {
+        "application/json": {"schema": body}}}, "responses": responses}}
+
+
+_OBJECT = {"type": "object", "additionalProperties": True}
+_SEGMENT_MESSAGE = {**_OBJECT, "properties": {
+    "type": {"enum": ["track", "page", "screen", "identify", "group", "alias"]},
+    "event": {"type": "string"}, "messageId": {"type": "string"}, "userId": {"type": "string"},
+    "anonymousId": {"type": "string"}, "timestamp": {"type": "string"}, "context": _OBJECT,
+    "properties": _OBJECT}}
+_POSTHOG_EVENT = {**_OBJECT, "properties": {
+    "event": {"type": "string"}, "uuid": {"type": "string"}, "distinct_id": {"type": "string"},
+    "api_key": {"type": "string"}, "timestamp": {"type": "string"}, "properties": _OBJECT}}
+_SNOWPLOW_PAYLOAD = {"type": "object", "additionalProperties": {"type": "string"}, "properties": {
+    "e": {"type": "string"}, "aid": {"type": "string"}, "eid": {"type": "string"}, "url": {"type": "string"},
+    "cx": {"type": "string"}, "ue_px": {"type": "string"}}}
+_SDK_PATHS = {
+    "/v1/{call}": {**_sdk_operation(
+        "Segment's HTTP API (Segment's and RudderStack's SDKs): /v1/batch holds {batch: [...]}, the "
+        "other calls one message. The write key is the basic-auth user.",
+        {"oneOf": [{**_OBJECT, "required": ["batch"], "properties": {
+            "batch": {"type": "array", "items": _SEGMENT_MESSAGE, "maxItems": 1000}}}, _SEGMENT_MESSAGE]},
+        keyed=True)},
+    **{path: _sdk_operation(
+        "PostHog's capture API: a batch {api_key, batch: [...]}, one event or an array; gzip, or a "
+        "form field `data` (base64, or lz-string with ?compression=lz64).",
+        {"oneOf": [{**_OBJECT, "required": ["batch"], "properties": {
+            "api_key": {"type": "string"},
+            "batch": {"type": "array", "items": _POSTHOG_EVENT, "maxItems": 1000}}},
+                   _POSTHOG_EVENT, {"type": "array", "items": _POSTHOG_EVENT, "maxItems": 1000}]},
+        keyed=True) for path in ("/batch/", "/capture/", "/e/", "/i/v0/e/")},
+    "/com.snowplowanalytics.snowplow/tp2": _sdk_operation(
+        "Snowplow's tracker protocol (POST): payload_data with an array of tracker payloads; `aid` "
+        "is the site. Their GET is /i.",
+        {"type": "object", "required": ["data"], "properties": {
+            "schema": {"type": "string"},
+            "data": {"type": "array", "items": _SNOWPLOW_PAYLOAD, "maxItems": 1000}}},
+        keyed=False),
+}
+_SDK_PATHS["/v1/{call}"]["post"]["parameters"] = [{"name": "call", "in": "path", "required": True, "schema": {
+    "enum": ["batch", "track", "page", "screen", "identify", "group", "alias"]}}]
 
 OPENAPI = {
     "openapi": "3.1.0",
@@ -125,6 +182,7 @@ OPENAPI = {
         "/metrics": {"get": {"summary": "Prometheus metrics (on PIXELPIPE_ADMIN_PORT when that is set)",
                              "responses": {"200": {"description": "text", **_TEXT_RESPONSE},
                                            "404": {"description": "served on the admin port instead"}}}},
+        **_SDK_PATHS,
     },
     "components": {"schemas": {
         "Event": _EVENT,
