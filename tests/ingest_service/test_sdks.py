@@ -240,3 +240,34 @@ def test_posthog_js_compressions_and_an_lz64_bomb(sdk_collector, db):
     refused = httpx.post(f"{collector.url}/e/?compression=lz64", headers=form, content=urlencode({"data": bomb}))
     assert refused.status_code == 413 and refused.json()["error"] == "body_too_large"
     assert db.execute("SELECT count(*) FROM events_rejected WHERE reason LIKE 'body_too_large%'").fetchone()[0] == 1
+
+
+def test_sdk_endpoints_keep_the_collectors_bounds(database_url, db):
+    import base64
+    import gzip
+    import json
+
+    from tests.ingest_service.conftest import make_client
+
+    sites.save_site(db, "shop", create=True)
+    key = sites.new_write_key(db, "shop")
+    with make_client(database_url) as client:
+        auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+        bomb = gzip.compress(b'{"batch": [' + b" " * 5_000_000 + b"]}")
+        refused = client.post("/v1/batch", content=bomb, headers={**auth, "Content-Encoding": "gzip",
+                                                                    "Content-Type": "application/json"})
+        assert refused.status_code == 413 and refused.json()["code"] == "gzip_ratio"
+        many = client.post("/v1/batch", headers=auth, json={"batch": [{"type": "track", "event": "e"}] * 1001})
+        assert many.status_code == 413 and many.json()["code"] == "too_many_events"
+        not_json = client.post("/batch/", content=b"{nope", headers={"Content-Type": "application/json"})
+        assert not_json.status_code == 400 and not_json.json()["error"] == "malformed_json"
+        # One bad tracker payload among good ones: it is dead-lettered, the others are kept.
+        partial = client.post("/com.snowplowanalytics.snowplow/tp2", json={"data": [
+            {"e": "pv", "aid": "shop", "url": "https://shop.example.com/", "tv": "py-1"},
+            {"e": "ue", "aid": "shop", "ue_px": "not base64 json!", "tv": "py-1"}]})
+        assert partial.status_code == 200 and (partial.json()["accepted"], partial.json()["rejected"]) == (1, 1)
+        assert partial.json()["errors"][0]["error"] == "bad_base64"
+    reasons = [r for (r,) in db.execute("SELECT reason FROM events_rejected ORDER BY id")]
+    assert [r.split(":")[0] for r in reasons] == ["gzip_ratio", "too_many_events", "malformed_json", "bad_base64"]
+    stored_bad = db.execute("SELECT convert_from(raw_body, 'UTF8') FROM events_rejected WHERE reason LIKE 'bad_base64%'").fetchone()[0]
+    assert json.loads(stored_bad)["ue_px"] == "not base64 json!"  # the payload as the tracker sent it
