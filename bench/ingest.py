@@ -3,6 +3,8 @@
   per-event   the original design's "before" (docs/): one INSERT and one commit per event (no HTTP)
   raw COPY    the same rows with one COPY per 100-row batch, no HTTP: the ceiling for batches
   batches     POST /collect with 100 events per request, through `pixelpipe collector`
+  segment     POST /v1/batch with the same 100 events as Segment messages (write key, messageIds),
+              as Segment's and RudderStack's SDKs send them; compared with `batches`
   pixel       GET /i, every one committed, p50/p99 latency
   bare        a Starlette endpoint on uvicorn that returns the GIF and stores nothing
 
@@ -13,12 +15,14 @@ Usage: python bench/ingest.py [--seconds 10] [--workers 1] [--connections 64]
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +34,7 @@ import psycopg  # noqa: E402
 
 from bench.servers import benchmark_servers  # noqa: E402
 from ingest_service.events import EVENT_COLUMNS, RequestContext, event_row  # noqa: E402
+from pixelpipe.core import sites  # noqa: E402
 from pixelpipe.core.events_log import COPY_EVENTS, ensure_partitions  # noqa: E402
 from pixelpipe.process import free_port  # noqa: E402
 
@@ -49,6 +54,22 @@ def sample_event(n: int) -> dict:
     return {"eventType": "click", "siteId": f"site-{n % 20}", "sessionId": f"s{n % 5000}",
             "visitorId": f"v{n % 20000}", "url": f"https://shop.example.com/products/{n % 997}",
             "timestamp": "2026-11-24T12:00:00Z", "button": {"id": n % 13, "label": "Add to cart"}}
+
+
+def segment_message(n: int) -> dict:
+    """sample_event(n) as a Segment SDK sends it."""
+    event = sample_event(n)
+    return {"type": "track", "event": event["eventType"], "messageId": str(uuid.UUID(int=n, version=4)),
+            "userId": event["visitorId"], "timestamp": event["timestamp"],
+            "properties": {"button": event["button"]},
+            "context": {"page": {"url": event["url"]}, "sessionId": event["sessionId"],
+                        "library": {"name": "analytics-python", "version": "2.4.0"}}}
+
+
+def post_script(path: Path, body: bytes, headers: dict) -> str:
+    lines = ['wrk.method = "POST"'] + [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    path.write_text("\n".join(lines) + f"\nwrk.body = {orjson.dumps(body.decode()).decode()}\n")
+    return str(path)
 
 
 def rows(count: int) -> list[tuple]:
@@ -135,19 +156,28 @@ def main() -> None:
         settle(url)
         ceiling = raw_copy(url, 200_000, 200_000)  # one COPY, one commit: the strict ceiling
 
+        with psycopg.connect(url, autocommit=True) as conn:
+            sites.save_site(conn, "bench-segment", create=True)
+            write_key = sites.new_write_key(conn, "bench-segment")
         env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         port = free_port()
         collector = serve([sys.executable, "-m", "pixelpipe.cli", "collector", "--port", str(port),
                            "--workers", str(args.workers)], env, port)
         try:
             body = orjson.dumps({"eventType": "batch", "events": [sample_event(n) for n in range(100)]})
-            script = Path(folder) / "batch.lua"
-            script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                              f"wrk.body = {orjson.dumps(body.decode()).decode()}\n")
+            script = post_script(Path(folder) / "batch.lua", body, {"Content-Type": "application/json"})
             settle(url)
             before = count_events(url)
-            batches = wrk(f"http://127.0.0.1:{port}/collect", args.seconds, args.connections, str(script))
+            batches = wrk(f"http://127.0.0.1:{port}/collect", args.seconds, args.connections, script)
             batch_rows = count_events(url) - before
+            body = orjson.dumps({"batch": [segment_message(n) for n in range(100)]})
+            auth = base64.b64encode(f"{write_key}:".encode()).decode()
+            script = post_script(Path(folder) / "segment.lua", body, {
+                "Content-Type": "application/json", "Authorization": f"Basic {auth}"})
+            settle(url)
+            before = count_events(url)
+            segment = wrk(f"http://127.0.0.1:{port}/v1/batch", args.seconds, args.connections, script)
+            segment_rows = count_events(url) - before
             settle(url)
             before = count_events(url)
             pixel = wrk(f"http://127.0.0.1:{port}/i?eventType=pageview&siteId=bench&url=https%3A%2F%2Fshop.example.com%2F",
@@ -175,12 +205,17 @@ def main() -> None:
     print(f"POST /collect x100        : {batch_eps:>10,.0f} events/s  ({batches['rps']:,.0f} req/s, "
           f"p50 {batches['p50']:.1f} ms, p99 {batches['p99']:.1f} ms, non-2xx {batches['non2xx']}, "
           f"rows committed {batch_rows:,})")
+    segment_eps = (segment["requests"] - segment["non2xx"]) * 100 / args.seconds
+    print(f"POST /v1/batch x100       : {segment_eps:>10,.0f} events/s  ({segment['rps']:,.0f} req/s, "
+          f"p50 {segment['p50']:.1f} ms, p99 {segment['p99']:.1f} ms, non-2xx {segment['non2xx']}, "
+          f"rows committed {segment_rows:,})")
     print(f"GET /i pixel              : {pixel['rps']:>10,.0f} req/s     (p50 {pixel['p50']:.1f} ms, "
           f"p99 {pixel['p99']:.1f} ms, non-2xx {pixel['non2xx']}, rows committed {pixel_rows:,})")
     print(f"bare GIF endpoint         : {bare['rps']:>10,.0f} req/s     (p50 {bare['p50']:.1f} ms, p99 {bare['p99']:.1f} ms)")
     print(f"batches: {batch_eps / ceiling:.2f}x the raw-COPY ceiling, {batch_eps / per_event:.1f}x the per-event "
           f"baseline; pixel: {pixel['rps'] / bare['rps']:.2f}x the bare endpoint, p99 {pixel['p99']:.1f} ms "
           f"(workers={args.workers}, connections={args.connections})")
+    print(f"segment batches: {segment_eps / batch_eps:.2f}x the /collect batches (target: at least 0.80)")
 
 
 if __name__ == "__main__":

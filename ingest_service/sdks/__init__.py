@@ -46,5 +46,5 @@ def as_dict(value) -> dict:
 
 
 def sdk_event(fields: dict, raw, source: str, problem=None) -> SdkEvent:
-    """An SdkEvent of the fields that are there (None is left out, as if not sent)."""
-    return SdkEvent({k: v for k, v in fields.items() if v is not None and v != ""}, raw, source, problem)
+    """An SdkEvent; a field that is None or "" counts as not sent (event_row treats both so)."""
+    return SdkEvent(fields, raw, source, problem)
