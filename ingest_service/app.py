@@ -50,6 +50,7 @@ from ingest_service.openapi import OPENAPI
 from ingest_service.sdks import SdkBatch
 from ingest_service.sdks.posthog import capture_answer, capture_batch, decode_payload
 from ingest_service.sdks.segment import CALLS as SEGMENT_CALLS
+from ingest_service.sdks.segment import SHORT_CALLS as SEGMENT_SHORT_CALLS
 from ingest_service.sdks.segment import segment_answer, segment_batch
 from ingest_service.sdks.snowplow import is_tracker_query, tp2_batch, tracker_event
 from ingest_service.visitors import (
@@ -572,6 +573,7 @@ class Collector:
     async def segment(self, request: Request) -> Response:
         """Segment's and RudderStack's SDKs: /v1/batch and the single calls."""
         call = request.path_params["call"]
+        call = SEGMENT_SHORT_CALLS.get(call, call)
         if call not in SEGMENT_CALLS:
             detail = f"/v1/{call} is not a Segment endpoint; use one of {', '.join('/v1/' + c for c in SEGMENT_CALLS)}."
             return _json({"code": "not_found", "message": detail, "error": "not_found", "detail": detail}, 404)

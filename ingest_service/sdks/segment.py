@@ -11,6 +11,8 @@ from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json, sdk
 
 SOURCE = "segment"
 CALLS = ("batch", "track", "page", "screen", "identify", "group", "alias")
+# analytics.js (Segment's browser SDK) posts to /v1/t, /v1/p, ... under its apiHost.
+SHORT_CALLS = {call[0]: call for call in CALLS}
 
 
 def basic_auth_user(authorization: str | None) -> str | None:

@@ -7,6 +7,7 @@ search must then leave out exactly the re-sent copies."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -139,12 +140,19 @@ def test_segment_single_calls_and_an_unknown_key(sdk_collector, db):
     single = httpx.post(f"{collector.url}/v1/track", auth=(key, ""), json={
         "userId": "user-2", "event": "Signed Up", "messageId": "msg-1"})
     assert single.status_code == 200 and single.json()["success"] is True
+    short = httpx.post(f"{collector.url}/v1/p", content=json.dumps({  # analytics.js: key in the body
+        "type": "page", "writeKey": key, "anonymousId": "anon-2", "context": {"page": {"url": "https://shop.example.com/a"}}}),
+        headers={"Content-Type": "text/plain"})
+    assert short.status_code == 200
+    unknown = httpx.post(f"{collector.url}/v1/nope", auth=(key, ""), json={})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
     refused = httpx.post(f"{collector.url}/v1/batch", auth=("not-a-key", ""), json={"batch": [{"type": "track"}]})
     assert refused.status_code == 401 and refused.json()["code"] == "invalid_write_key"
     assert "pixelpipe site key" in refused.json()["message"]
     bad = httpx.post(f"{collector.url}/v1/batch", auth=(key, ""), json={"batch": [{"type": "track"}]})
     assert bad.status_code == 400 and bad.json()["code"] == "missing_event_type"
-    assert [row[2] for row in stored(db, "segment")] == ["Signed Up"]
+    assert [row[2:5] for row in stored(db, "segment")] == [
+        ("Signed Up", "user-2", None), ("page", "anon-2", "https://shop.example.com/a")]
     reasons = [r for (r,) in db.execute("SELECT reason FROM events_rejected ORDER BY id")]
     assert reasons[0].startswith("invalid_write_key") and reasons[1].startswith("missing_event_type")
 
