@@ -4,8 +4,8 @@
   raw COPY    the same rows with one COPY per 100-row batch, no HTTP: the ceiling for batches
   batches     POST /collect with 100 events per request, through `pixelpipe collector`
   segment     POST /v1/batch with the same 100 events as Segment messages (write key, messageIds),
-              as Segment's and RudderStack's SDKs send them; compared with `batches` in three
-              back-to-back pairs of short runs, alternating which goes first
+              as Segment's and RudderStack's SDKs send them; compared with `batches` in five
+              back-to-back pairs of runs, alternating which goes first
   pixel       GET /i, every one committed, p50/p99 latency
   bare        a Starlette endpoint on uvicorn that returns the GIF and stores nothing
 
@@ -184,16 +184,16 @@ def main() -> None:
             pixel = wrk(f"http://127.0.0.1:{port}/i?eventType=pageview&siteId=bench&url=https%3A%2F%2Fshop.example.com%2F",
                         args.seconds, args.connections)
             pixel_rows = count_events(url) - before
-            # The comparison itself: short runs of each, back to back, three pairs in alternating
-            # order, each run from a checkpoint (this machine drifts between runs more than the
-            # two paths differ, and whichever runs second inherits the first one's WAL).
+            # The comparison itself: runs of each, back to back, five pairs in alternating order,
+            # each run from a checkpoint (this machine drifts between runs more than the two paths
+            # differ, and whichever runs second inherits the first one's WAL).
             paired = []
-            for n in range(3):
+            for n in range(5):
                 order = [("/collect", batch_script), ("/v1/batch", script)][:: 1 if n % 2 == 0 else -1]
                 done = {}
                 for path, lua in order:
                     settle(url)
-                    run = wrk(f"http://127.0.0.1:{port}{path}", max(2, args.seconds // 2), args.connections, lua)
+                    run = wrk(f"http://127.0.0.1:{port}{path}", args.seconds, args.connections, lua)
                     done[path] = run["requests"] - run["non2xx"]
                 paired.append(done["/v1/batch"] / done["/collect"])
         finally:
@@ -228,7 +228,7 @@ def main() -> None:
     print(f"batches: {batch_eps / ceiling:.2f}x the raw-COPY ceiling, {batch_eps / per_event:.1f}x the per-event "
           f"baseline; pixel: {pixel['rps'] / bare['rps']:.2f}x the bare endpoint, p99 {pixel['p99']:.1f} ms "
           f"(workers={args.workers}, connections={args.connections})")
-    print(f"segment batches: {sorted(paired)[1]:.2f}x the /collect batches, median of three back-to-back "
+    print(f"segment batches: {sorted(paired)[2]:.2f}x the /collect batches, median of five back-to-back "
           f"pairs ({', '.join(f'{r:.2f}' for r in paired)}; target: at least 0.80)")
 
 
