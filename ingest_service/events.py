@@ -369,9 +369,10 @@ def client_ip(peer: str | None, forwarded_for: str | None,
 
 class SdkEvent(dict):
     """An event an SDK sent (ingest_service/sdks/), already under our field names (eventType,
-    eventId, visitorId, sessionId, url, path, timestamp, userAgent, siteId). `raw` is the event
-    as the SDK sent it, which raw_event_data keeps; `source` names the protocol. Its userAgent is
-    its own or none: a server-side SDK's request comes from a library, not from the visitor."""
+    eventId, visitorId, sessionId, url, path, timestamp, userAgent, siteId; None or "" counts as
+    not sent). `raw` is the event as the SDK sent it, which raw_event_data keeps; `source` names
+    the protocol. Its userAgent is its own or none: a server-side SDK's request comes from a
+    library, not from the visitor."""
 
     __slots__ = ("raw", "source", "problem")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from ingest_service.events import ORJSON_MAX_DEPTH, BodyRejected, Limits, SdkEvent, nesting_depth
+from ingest_service.events import ORJSON_MAX_DEPTH, BodyRejected, Limits, nesting_depth
 
 
 @dataclass
@@ -44,7 +44,3 @@ def checked_batch(events: list, limits: Limits, write_key, payload_bytes: int) -
 def as_dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
-
-def sdk_event(fields: dict, raw, source: str, problem=None) -> SdkEvent:
-    """An SdkEvent; a field that is None or "" counts as not sent (event_row treats both so)."""
-    return SdkEvent(fields, raw, source, problem)

@@ -8,7 +8,7 @@ import binascii
 from urllib.parse import parse_qs
 
 from ingest_service.events import EVENT_TYPE_MAX, BodyRejected, Limits, SdkEvent, inflate_gzip
-from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json, sdk_event
+from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json
 from ingest_service.sdks.lz64 import decompress_base64
 
 SOURCE = "posthog"
@@ -53,7 +53,7 @@ def capture_event(event) -> SdkEvent:
         return event
     properties = as_dict(event.get("properties"))
     name = event.get("event")
-    return sdk_event({
+    return SdkEvent({
         "eventType": name[:EVENT_TYPE_MAX] if isinstance(name, str) else None,
         "eventId": event.get("uuid"),
         "visitorId": event.get("distinct_id") or properties.get("distinct_id"),

@@ -9,7 +9,7 @@ import binascii
 import orjson
 
 from ingest_service.events import EVENT_TYPE_MAX, BodyRejected, EventRejected, Limits, SdkEvent
-from ingest_service.sdks import SdkBatch, checked_batch, load_json, sdk_event
+from ingest_service.sdks import SdkBatch, checked_batch, load_json
 
 SOURCE = "snowplow"
 # Snowplow's own names for its event codes (the enriched event_name); a self-describing event is
@@ -60,8 +60,8 @@ def tracker_event(params, request_agent: str | None) -> SdkEvent:
     try:
         raw = _decoded(params)
     except EventRejected as problem:
-        return sdk_event({"eventType": "invalid"}, params, SOURCE, problem)
-    return sdk_event({
+        return SdkEvent({"eventType": "invalid"}, params, SOURCE, problem)
+    return SdkEvent({
         "eventType": _event_name(params.get("e"), raw),
         "eventId": params.get("eid"),
         "visitorId": params.get("uid") or params.get("duid"),

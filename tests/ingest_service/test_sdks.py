@@ -239,9 +239,11 @@ def test_posthog_js_compressions_and_an_lz64_bomb(sdk_collector, db):
         httpx.post(f"{collector.url}/e/", headers=form,
                    content=urlencode({"data": base64.b64encode(json.dumps(event(3)).encode())})),
     ]
-    assert [(a.status_code, a.json()["status"]) for a in answers] == [(200, 1)] * 3
+    answers += [httpx.post(f"{collector.url}{path}", json={"api_key": key, **event(n)})  # the other paths
+                for n, path in ((4, "/capture/"), (5, "/i/v0/e/"))]
+    assert [(a.status_code, a.json()["status"]) for a in answers] == [(200, 1)] * 5
     assert [(row[3], row[4]) for row in stored(db, "posthog")] == [
-        (f"d-{n}", f"https://shop.example.com/{n}") for n in (1, 2, 3)]
+        (f"d-{n}", f"https://shop.example.com/{n}") for n in (1, 2, 3, 4, 5)]
 
     # lz-string output can grow with the square of its input: refused at the body cap, kept in the dead letter.
     bomb = lzstring.LZString().compressToBase64("a" * 2_000_000)
