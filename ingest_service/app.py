@@ -547,18 +547,11 @@ class Collector:
                     "The Authorization header holds no valid write key (Bearer <key>); "
                     "`pixelpipe site key SITE` makes one. Nothing was stored.")
         try:
-            if size > self.limits.max_body_bytes:
-                raise BodyRejected(
-                    413, "body_too_large",
-                    f"The body is larger than the {self.limits.max_body_bytes}-byte cap; send smaller batches.",
-                )
+            self.check_size(size, "send smaller batches")
             payload = decode_body(body, content_type, headers.get("content-encoding"), self.limits)
             candidates, envelope = parse_events(payload, self.limits)
         except BodyRejected as error:
-            # What the refusal cost us (reading, inflating) counts against the address first.
-            inflated = self.limits.max_body_bytes if error.code == "body_too_large" else len(body)
-            return self.ip_limited(context, inflated // BODY_BYTES_PER_TOKEN) \
-                or await self.reject_body(intake, error.status, error.code, error.detail)
+            return await self.body_refused(intake, error)
         # The rest of the request's cost, before any event is looked at: one token per further
         # event and per BODY_BYTES_PER_TOKEN inflated bytes (a gzip bomb pays for what it costs).
         limited = self.ip_limited(context, len(candidates) - 1 + len(payload) // BODY_BYTES_PER_TOKEN)
@@ -579,7 +572,7 @@ class Collector:
             return _json({"code": "not_found", "message": detail, "error": "not_found", "detail": detail}, 404)
         authorization = request.headers.get("authorization")
         outcome = await self._sdk(request, lambda payload: segment_batch(payload, call, authorization, self.limits),
-                                  keyed=True, gzip_header=True)
+                                  keyed=True)
         return _json(segment_answer(outcome.body(), outcome.status), outcome.status, outcome.headers())
 
     async def posthog(self, request: Request) -> Response:
@@ -591,37 +584,31 @@ class Collector:
                                      compression, self.limits)
             return capture_batch(payload, self.limits)
 
-        outcome = await self._sdk(request, translate, keyed=True, decoded=True)
+        outcome = await self._sdk(request, translate, keyed=True, inflate=False)
         return _json(capture_answer(outcome.body(), outcome.status), outcome.status, outcome.headers())
 
     async def snowplow(self, request: Request) -> Response:
         """Snowplow trackers' POST; their GET is the pixel's /i."""
         agent = request.headers.get("user-agent")
-        outcome = await self._sdk(request, lambda payload: tp2_batch(payload, agent, self.limits),
-                                  keyed=False, gzip_header=True)
+        outcome = await self._sdk(request, lambda payload: tp2_batch(payload, agent, self.limits), keyed=False)
         return _json(outcome.body(), outcome.status, outcome.headers())
 
-    async def _sdk(self, request: Request, translate, *, keyed: bool, gzip_header: bool = False,
-                   decoded: bool = False) -> Outcome:
+    async def _sdk(self, request: Request, translate, *, keyed: bool, inflate: bool = True) -> Outcome:
         """An SDK's request through the one intake path: read within the cap, translated, the
         write key checked (401 without a valid one), limited like /collect, then ingested.
-        `translate` gets the body inflated (gzip_header: by Content-Encoding) or, with `decoded`,
-        as received (the protocol inflates it itself)."""
+        `translate` gets the body inflated by its Content-Encoding, or as received when the
+        protocol inflates it itself (`inflate=False`)."""
         context = self.request_context(request)
         content_type = request.headers.get("content-type")
         body, size = await self._read_body(request)
         intake = Intake(request.url.path, content_type, context, body, size)
         try:
-            if size > self.limits.max_body_bytes:
-                raise BodyRejected(413, "body_too_large", f"The body is larger than the "
-                                   f"{self.limits.max_body_bytes}-byte cap; lower the SDK's batch size.")
-            payload = body if decoded or not gzip_header else decode_body(
+            self.check_size(size, "lower the SDK's batch size")
+            payload = body if not inflate else decode_body(
                 body, "application/json", request.headers.get("content-encoding"), self.limits)
             batch = translate(payload)
         except BodyRejected as error:
-            inflated = self.limits.max_body_bytes if error.code == "body_too_large" else len(body)
-            return self.ip_limited(context, inflated // BODY_BYTES_PER_TOKEN) \
-                or await self.reject_body(intake, error.status, error.code, error.detail)
+            return await self.body_refused(intake, error)
         limited = self.ip_limited(context, len(batch.events) + batch.payload_bytes // BODY_BYTES_PER_TOKEN)
         if limited is not None:
             return limited
@@ -635,6 +622,18 @@ class Collector:
                     "(`pixelpipe site key SITE` makes one). Nothing was stored.", len(batch.events))
         envelope = {"siteId": keyed_site} if keyed_site else None
         return await self.ingest(intake, batch.events, envelope, batch.payload_bytes, keyed_site)
+
+    def check_size(self, size: int, remedy: str) -> None:
+        if size > self.limits.max_body_bytes:
+            raise BodyRejected(413, "body_too_large",
+                               f"The body is larger than the {self.limits.max_body_bytes}-byte cap; {remedy}.")
+
+    async def body_refused(self, intake: Intake, error: BodyRejected) -> Outcome:
+        """A refused body: what the refusal cost us (reading, inflating) counts against the
+        address first, then one dead-letter row and the 4xx."""
+        inflated = self.limits.max_body_bytes if error.code == "body_too_large" else len(intake.body)
+        return self.ip_limited(intake.context, inflated // BODY_BYTES_PER_TOKEN) \
+            or await self.reject_body(intake, error.status, error.code, error.detail)
 
     async def _read_body(self, request: Request) -> tuple[bytes, int]:
         """Read at most the cap (plus one chunk to tell it was exceeded); return (body, size)."""
