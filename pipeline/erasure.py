@@ -42,7 +42,7 @@ from pixelpipe.core.errors import PixelpipeError
 
 @dataclass
 class Erasure:
-    """What one erasure removed (the ledger row `erasures`)."""
+    """What one erasure removed (the ledger row `erasures`; the row counts are its totals)."""
 
     erasure_id: int
     site: str
@@ -118,8 +118,8 @@ def _rewrite(sources: list[Path], exported: SiteExport, hour: datetime, visitor:
 
 
 def _erase_hour(conn, client, settings: PipelineSettings, erasure_id: int, site: str, visitor: str,
-                hour: datetime, spool: Path) -> tuple[int, int, bool]:
-    """One hour, under its lock; returns (rows removed from events_log, from the files, rewritten)."""
+                hour: datetime, spool: Path) -> bool:
+    """One hour, under its lock; counts go to erasure_hours. True when its files were rewritten."""
     exported = exported_site_hour(conn, hour, site)
     sources = _fetch(client, settings.backup_bucket, exported.backup_keys, spool) if exported else []
     in_files = _visitor_rows(sources, visitor)
@@ -135,23 +135,21 @@ def _erase_hour(conn, client, settings: PipelineSettings, erasure_id: int, site:
         in_database = conn.execute(
             "DELETE FROM events_log WHERE site_id = %s AND visitor_id = %s AND created_at >= %s "
             "AND created_at < %s + interval '1 hour'", (site, visitor, hour, hour)).rowcount
-        if counted:
-            in_files = 0  # counted by the run that died; these files are its leftovers
-        elif in_database or in_files:
+        if not counted and (in_database or in_files):  # else a run that died counted it
             conn.execute("INSERT INTO erasure_hours (erasure_id, ingest_hour, site_id, rows_in_database, "
                          "rows_in_files) VALUES (%s, %s, %s, %s, %s)",
                          (erasure_id, hour, site, in_database, in_files))
         if rewritten is not None:
             replace_site_hour(conn, hour, rewritten)  # un-verified until the checks below pass
     if rewritten is None:
-        return in_database, in_files, False
+        return False
     for path, client_key, backup_key in zip(paths, rewritten.client_keys, rewritten.backup_keys, strict=True):
         upload_both(client, path, rewritten.client_bucket, client_key, settings.backup_bucket, backup_key)
     delete_keys(client, exported.client_bucket, sorted(set(exported.client_keys) - set(rewritten.client_keys)))
     delete_keys(client, settings.backup_bucket, sorted(set(exported.backup_keys) - set(rewritten.backup_keys)))
     write_receipt(client, settings.backup_bucket, rewritten, hour, datetime.now(UTC),
                   erased_events(conn, hour).get(site, 0))
-    return in_database, in_files, True
+    return True
 
 
 def _check_hour(conn, client, settings: PipelineSettings, hour: datetime) -> list[str]:
@@ -186,13 +184,9 @@ def erase_visitor(conn, client, settings: PipelineSettings, site: str, visitor: 
             hour_spool = Path(spool) / str(n)
             hour_spool.mkdir()
             with hour_lock(conn, hour):
-                in_database, in_files, rewritten = _erase_hour(
-                    conn, client, settings, erasure.erasure_id, site, visitor, hour, hour_spool)
-                if rewritten:
+                if _erase_hour(conn, client, settings, erasure.erasure_id, site, visitor, hour, hour_spool):
                     erasure.hours_rewritten.append(hour)
                     failed += _check_hour(conn, client, settings, hour)
-            erasure.rows_in_database += in_database
-            erasure.rows_in_files += in_files
     erasure.dead_letters = _erase_dead_letters(conn, site, visitor)
     if failed:
         raise PixelpipeError(
@@ -235,14 +229,10 @@ def erase_visitor_op(context: dg.OpExecutionContext, config: ErasureRequest, pos
             raise dg.Failure(description=str(error)) from None
     context.log.info(f"erasure {erasure.erasure_id}: {erasure.rows_in_database} rows from events_log, "
                      f"{erasure.rows_in_files} from the files of {len(erasure.hours_rewritten)} hours")
-    return dg.Output(erasure.erasure_id, metadata=erasure_metadata(erasure))
-
-
-def erasure_metadata(erasure: Erasure) -> dict:
-    return {"erasure_id": erasure.erasure_id, "site": erasure.site,
+    return dg.Output(erasure.erasure_id, metadata={"erasure_id": erasure.erasure_id, "site": erasure.site,
             "rows_in_database": erasure.rows_in_database, "rows_in_files": erasure.rows_in_files,
             "dead_letters": erasure.dead_letters, "hours_rewritten": len(erasure.hours_rewritten),
-            "statements_reissued": erasure.statements_reissued}
+            "statements_reissued": erasure.statements_reissued})
 
 
 @dg.job(name="erase_visitor_job", description="Erase one visitor of one site (the same request as "
