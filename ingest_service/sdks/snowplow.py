@@ -44,12 +44,16 @@ def _decoded(params: dict) -> dict:
 
 
 def _event_name(code, raw: dict) -> str | None:
+    """Snowplow's name for the event; tp2 payloads are JSON, so nothing here is assumed a string."""
+    if not isinstance(code, str) or not code:
+        return None  # the event is dead-lettered (missing_event_type)
     if code == "ue":
-        schema = str(((raw.get("ue_pr") or {}).get("data") or {}).get("schema", "")) \
-            if isinstance(raw.get("ue_pr"), dict) else ""
-        parts = schema.removeprefix("iglu:").split("/")
+        envelope = raw.get("ue_pr")
+        data = envelope.get("data") if isinstance(envelope, dict) else None
+        schema = data.get("schema") if isinstance(data, dict) else None
+        parts = schema.removeprefix("iglu:").split("/") if isinstance(schema, str) else []
         return parts[1][:EVENT_TYPE_MAX] if len(parts) == 4 else "unstruct"
-    return EVENT_NAMES.get(code, str(code)[:EVENT_TYPE_MAX] if code else None)
+    return EVENT_NAMES.get(code, code[:EVENT_TYPE_MAX])
 
 
 def tracker_event(params, request_agent: str | None) -> SdkEvent:

@@ -281,3 +281,16 @@ def test_sdk_endpoints_keep_the_collectors_bounds(database_url, db):
     assert [r.split(":")[0] for r in reasons] == ["gzip_ratio", "too_many_events", "malformed_json", "bad_base64"]
     stored_bad = db.execute("SELECT convert_from(raw_body, 'UTF8') FROM events_rejected WHERE reason LIKE 'bad_base64%'").fetchone()[0]
     assert json.loads(stored_bad)["ue_px"] == "not base64 json!"  # the payload as the tracker sent it
+
+
+def test_tracker_payloads_of_any_json_shape_are_answered_never_500(database_url, db):
+    from tests.ingest_service.conftest import make_client
+
+    with make_client(database_url) as client:
+        answer = client.post("/com.snowplowanalytics.snowplow/tp2", json={"data": [
+            {"e": [1], "aid": "shop", "tv": "py-1"},
+            {"e": "ue", "aid": "shop", "ue_pr": '{"data": [1]}', "tv": "py-1"},
+            {"e": "ue", "aid": "shop", "ue_pr": '{"data": {"schema": ["x"]}}', "tv": "py-1"}]})
+    assert answer.status_code == 200 and (answer.json()["accepted"], answer.json()["rejected"]) == (2, 1)
+    assert answer.json()["errors"][0]["error"] == "missing_event_type"
+    assert [row[2] for row in stored(db, "snowplow")] == ["unstruct", "unstruct"]
