@@ -40,7 +40,7 @@ def decompress_base64(text: str, max_chars: int) -> str:
             code = len(dictionary) - 1
             enlarge_in -= 1
         elif code == 2:
-            return "".join(result)
+            return _from_utf16_units("".join(result))
         if enlarge_in == 0:
             enlarge_in, num_bits = 1 << num_bits, num_bits + 1
         if code < len(dictionary):
@@ -59,6 +59,15 @@ def decompress_base64(text: str, max_chars: int) -> str:
         w = entry
         if enlarge_in == 0:
             enlarge_in, num_bits = 1 << num_bits, num_bits + 1
+
+
+def _from_utf16_units(units: str) -> str:
+    """lz-string works on JavaScript's UTF-16 code units: a character outside the BMP (an emoji)
+    comes out as two surrogate halves, joined here; a lone half is not text."""
+    try:
+        return units.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+    except UnicodeDecodeError:
+        raise _refused("it holds a lone UTF-16 surrogate") from None
 
 
 class _Bits:

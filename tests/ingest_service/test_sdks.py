@@ -245,11 +245,21 @@ def test_posthog_js_compressions_and_an_lz64_bomb(sdk_collector, db):
     assert [(row[3], row[4]) for row in stored(db, "posthog")] == [
         (f"d-{n}", f"https://shop.example.com/{n}") for n in (1, 2, 3, 4, 5)]
 
+    # lz-string carries JavaScript's UTF-16 code units: an emoji is two surrogate halves, joined
+    # again; a lone half is not text (400, dead-lettered), never a 500.
+    emoji = lzstring.LZString().compressToBase64(json.dumps([event(6)]).replace("$pageview", "\ud83d\ude00"))
+    joined = httpx.post(f"{collector.url}/e/?compression=lz64", headers=form, content=urlencode({"data": emoji}))
+    lone = httpx.post(f"{collector.url}/e/?compression=lz64", headers=form,
+                      content=urlencode({"data": lzstring.LZString().compressToBase64('[{"event": "\ud83d"}]')}))
+    assert joined.status_code == 200 and (lone.status_code, lone.json()["error"]) == (400, "bad_lz64")
+    assert db.execute("SELECT event_type FROM events_log WHERE visitor_id = 'd-6'").fetchone() == ("\U0001F600",)
+
     # lz-string output can grow with the square of its input: refused at the body cap, kept in the dead letter.
     bomb = lzstring.LZString().compressToBase64("a" * 2_000_000)
     refused = httpx.post(f"{collector.url}/e/?compression=lz64", headers=form, content=urlencode({"data": bomb}))
     assert refused.status_code == 413 and refused.json()["error"] == "body_too_large"
     assert db.execute("SELECT count(*) FROM events_rejected WHERE reason LIKE 'body_too_large%'").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM events_rejected WHERE reason LIKE 'bad_lz64%'").fetchone()[0] == 1
 
 
 def test_sdk_endpoints_keep_the_collectors_bounds(database_url, db):
