@@ -78,7 +78,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_collector(settings: Settings, args: argparse.Namespace) -> int:
     from pixelpipe.collector import serve
 
-    return serve(settings, host=args.host, port=args.port, workers=args.workers)
+    return serve(settings, host=args.host, port=args.port, workers=args.workers,
+                 database=lambda settings: database_for(settings, "collector"))
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:

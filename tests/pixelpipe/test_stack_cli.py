@@ -2,6 +2,7 @@
 the stack stopped, each says so in one line naming the fix; a background `pixelpipe up` stops
 on SIGINT (issue 25 items 2, 3, 4, 9; issue 20 item 14)."""
 
+import hashlib
 import signal
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import psycopg
+from dagster_graphql import DagsterGraphQLClient
 
 from pixelpipe.process import free_port
 from tests.pixelpipe.test_up import _env, _processes_of
@@ -54,6 +57,25 @@ def test_commands_find_the_running_stack_say_which_and_fail_in_one_line_once_it_
         erased = _cli(env, "erase", "--site", "shop", "--visitor", "v-1")
         assert erased.returncode == 0, erased.stderr
         assert f"using the local stack's PostgreSQL ({local}" in erased.stderr
+
+        # Through Dagster: the job gets a stored request's id; its run config never holds the id.
+        stored = _cli(env, "erase", "--site", "shop", "--visitor", "secret-visitor-7", "--in-dagster")
+        assert stored.returncode == 0, stored.stderr
+        client = DagsterGraphQLClient("127.0.0.1", port_number=ports["dagster"])
+        run_id = client.submit_job_execution("erase_visitor_job", run_config={
+            "ops": {"erase_visitor": {"config": {"request_id": int(stored.stdout)}}}})
+        deadline = time.monotonic() + 120
+        while (status := client.get_run_status(run_id).value) not in ("SUCCESS", "FAILURE", "CANCELED"):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        assert status == "SUCCESS"
+        password = (home / "postgres" / "password").read_text().strip()
+        with psycopg.connect(f"postgresql://postgres:{password}@{local}") as conn:
+            assert conn.execute("SELECT count(*) FROM runs WHERE run_body LIKE '%%secret-visitor-7%%'"
+                                ).fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM erasure_requests").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM erasures WHERE visitor_sha256 = %s",
+                                (hashlib.sha256(b"secret-visitor-7").hexdigest(),)).fetchone()[0] == 1
 
         hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
         backfill = _cli(env, "backfill", "--from", f"{hour:%Y-%m-%d-%H:%M}", "--to", f"{hour:%Y-%m-%d-%H:%M}")
