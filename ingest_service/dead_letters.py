@@ -71,6 +71,15 @@ def _inflated(body: bytes, limits: Limits) -> bytes:
     return body
 
 
+def _posthog_batch(body: bytes, content_type: str | None, limits: Limits):
+    """posthog-js names lz64 in the query string, which the dead letter does not keep: a form
+    body that is not plain base64 JSON is tried as lz64."""
+    try:
+        return capture_batch(decode_payload(body, content_type, None, None, limits), limits)
+    except BodyRejected:
+        return capture_batch(decode_payload(body, content_type, None, "lz64", limits), limits)
+
+
 def _parsed(endpoint: str, content_type: str | None, body: bytes, site_for_key: SiteForKey,
             limits: Limits) -> list[Identity]:
     """The row's events through the endpoint's own translator; BodyRejected when they cannot be."""
@@ -85,7 +94,7 @@ def _parsed(endpoint: str, content_type: str | None, body: bytes, site_for_key: 
         call = endpoint.removeprefix("/v1/")
         batch = segment_batch(_inflated(body, limits), call, None, limits)
     elif endpoint in _POSTHOG_PATHS:
-        batch = capture_batch(decode_payload(body, content_type, None, None, limits), limits)
+        batch = _posthog_batch(body, content_type, limits)
     elif endpoint == _SNOWPLOW_PATH:
         batch = tp2_batch(_inflated(body, limits), None, limits)
     else:

@@ -227,7 +227,9 @@ def test_erasure_matches_the_visitor_exactly_and_reads_dead_letters_as_the_colle
     """"alice " is not "alice"; a dead letter is the visitor's when its decoded visitor and site
     are, whatever endpoint, encoding or escape it came in, and never because its text says alice."""
     import gzip
+    from urllib.parse import urlencode
 
+    import lzstring
     from starlette.testclient import TestClient
 
     from ingest_service.app import create_app
@@ -249,6 +251,9 @@ def test_erasure_matches_the_visitor_exactly_and_reads_dead_letters_as_the_colle
             collector.post("/v1/track", content=segment),  # Segment: the site is the key's
             collector.post("/v1/track", content=gzip.compress(segment), headers={"Content-Encoding": "gzip"}),
             collector.post("/e/", json={"api_key": key, "distinct_id": "alice", "properties": {}}),  # PostHog
+            collector.post("/e/?compression=lz64", headers={"Content-Type": "application/x-www-form-urlencoded"},
+                           content=urlencode({"data": lzstring.LZString().compressToBase64(
+                               json.dumps([{"distinct_id": "alice", "properties": {"token": key}}]))})),
             collector.post("/collect", content=b'{"siteId":"alpha","visitorId":"\\u0061lice"}'),
             collector.post("/collect", content=b'{"siteId":"alpha","visitorId":"alice",'),  # cut short
         ]
