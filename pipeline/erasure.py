@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from ingest_service.dead_letters import names_visitor
 from pipeline.assets.billing import reissue_client_statements
 from pipeline.assets.export_checks import reconcile, verify_receipts, verify_tenants
 from pipeline.export_files import object_key, rewrite_site_files
@@ -38,6 +39,7 @@ from pipeline.object_store import delete_keys
 from pipeline.publish import upload_both, write_receipt
 from pipeline.resources import PipelineSettings, PostgresResource
 from pixelpipe.core.errors import PixelpipeError
+from pixelpipe.core.sites import write_key_hash
 
 
 @dataclass
@@ -160,19 +162,42 @@ def _check_hour(conn, client, settings: PipelineSettings, hour: datetime) -> lis
     return mismatches + offenders + problems
 
 
+def _site_for_key(conn):
+    """Write key -> its site, for dead letters whose site is the key they were sent with."""
+    cache: dict[str, str | None] = {}
+
+    def site_for_key(key: str) -> str | None:
+        if key not in cache:
+            row = conn.execute("SELECT site_id FROM sites WHERE write_key_sha256 = %s",
+                               (write_key_hash(key),)).fetchone()
+            cache[key] = row[0] if row else None
+        return cache[key]
+    return site_for_key
+
+
 def _erase_dead_letters(conn, site: str, visitor: str) -> int:
-    """Dead-letter bodies that name both the site and the visitor, as JSON strings. Gzip bodies
-    are kept as sent and not searched; they expire with the dead letter (docs/reading.md#erasure)."""
-    return conn.execute(
-        "DELETE FROM events_rejected WHERE position(convert_to(%s, 'UTF8') IN raw_body) > 0 "
-        "AND position(convert_to(%s, 'UTF8') IN raw_body) > 0",
-        (f'"{visitor}"', f'"{site}"')).rowcount
+    """Dead-letter rows holding an event of the visitor of the site, each body read back as the
+    collector read it (ingest_service/dead_letters.py): the decoded visitor and site, not text."""
+    site_for_key = _site_for_key(conn)
+    doomed, last = [], 0
+    while True:  # a page at a time: the dead letter may be large
+        page = conn.execute("SELECT id, endpoint, content_type, raw_body FROM events_rejected WHERE id > %s "
+                            "AND raw_body IS NOT NULL ORDER BY id LIMIT 500", (last,)).fetchall()
+        if not page:
+            break
+        last = page[-1][0]
+        doomed += [row_id for row_id, endpoint, content_type, body in page
+                   if names_visitor(endpoint, content_type, bytes(body), site, visitor, site_for_key)]
+    if not doomed:
+        return 0
+    return conn.execute("DELETE FROM events_rejected WHERE id = ANY(%s)", (doomed,)).rowcount
 
 
 def erase_visitor(conn, client, settings: PipelineSettings, site: str, visitor: str, reason: str) -> Erasure:
     """Erase `visitor` of `site` everywhere we keep it; `conn` must be in autocommit mode.
     Raises PixelpipeError when a rewritten hour fails its checks (run the same request again)."""
-    site, visitor, reason = site.strip(), visitor.strip(), reason.strip()
+    # The visitor exactly as given: "alice " is not "alice" (ids are compared as stored).
+    site, reason = site.strip(), reason.strip()
     for name, value in (("site", site), ("visitor", visitor), ("reason", reason)):
         if not value:
             raise PixelpipeError(f"the {name} is empty: an erasure names the site, the visitor_id "
@@ -210,21 +235,46 @@ def erase_visitor(conn, client, settings: PipelineSettings, site: str, visitor: 
     return erasure
 
 
-class ErasureRequest(dg.Config):
-    """The same three things `pixelpipe erase` asks for."""
+def store_request(conn, site: str, visitor: str, reason: str) -> int:
+    """Keep a request for the erase_visitor job; returns the id to launch it with. The job's
+    config (which Dagster keeps for good, runs.run_body) then holds only this id, and the
+    request is deleted when its erasure finishes."""
+    if not visitor or not site.strip() or not reason.strip():
+        raise PixelpipeError("an erasure names the site, the visitor_id and why (for the ledger): "
+                             "one of them is empty.")
+    return conn.execute("INSERT INTO erasure_requests (site_id, visitor_id, reason) VALUES (%s, %s, %s) "
+                        "RETURNING id", (site.strip(), visitor, reason.strip())).fetchone()[0]
 
-    site: str = Field(description="site_id whose visitor is erased")
-    visitor: str = Field(description="the visitor_id to erase (as in events_log and the exported files)")
-    reason: str = Field(description="why, for the erasures ledger (e.g. a GDPR request's reference)")
+
+def erase_request(conn, client, settings: PipelineSettings, request_id: int) -> Erasure:
+    """Run a stored request, then delete it: from then on only the ledger's SHA-256 remains."""
+    row = conn.execute("SELECT site_id, visitor_id, reason FROM erasure_requests WHERE id = %s",
+                       (request_id,)).fetchone()
+    if row is None:
+        raise PixelpipeError(
+            f"there is no pending erasure request {request_id}: it finished already (see the erasures "
+            "table) or was never stored. Store one with `pixelpipe erase --site S --visitor V --reason R "
+            "--in-dagster`.")
+    erasure = erase_visitor(conn, client, settings, *row)
+    conn.execute("DELETE FROM erasure_requests WHERE id = %s", (request_id,))
+    return erasure
+
+
+class ErasureRequest(dg.Config):
+    """A reference to a stored request, never the visitor id itself: Dagster keeps run config."""
+
+    request_id: int = Field(description="the id of a pending request in erasure_requests, as "
+                            "`pixelpipe erase --in-dagster` prints it")
 
 
 @dg.op(name="erase_visitor", description="Remove one visitor of one site from events_log, the dead "
-       "letter and every exported hour's files and receipts in both buckets; recorded in `erasures`.")
+       "letter and every exported hour's files and receipts in both buckets; recorded in `erasures`. "
+       "The visitor comes from a stored request (erasure_requests), deleted when done.")
 def erase_visitor_op(context: dg.OpExecutionContext, config: ErasureRequest, postgres: PostgresResource,
                      s3: S3Resource, settings: PipelineSettings) -> dg.Output[int]:
     with postgres.get_connection(autocommit=True) as conn:
         try:
-            erasure = erase_visitor(conn, s3.get_client(), settings, config.site, config.visitor, config.reason)
+            erasure = erase_request(conn, s3.get_client(), settings, config.request_id)
         except PixelpipeError as error:
             raise dg.Failure(description=str(error)) from None
     context.log.info(f"erasure {erasure.erasure_id}: {erasure.rows_in_database} rows from events_log, "
@@ -235,7 +285,7 @@ def erase_visitor_op(context: dg.OpExecutionContext, config: ErasureRequest, pos
             "statements_reissued": erasure.statements_reissued})
 
 
-@dg.job(name="erase_visitor_job", description="Erase one visitor of one site (the same request as "
-        "`pixelpipe erase --site S --visitor V --reason R`).")
+@dg.job(name="erase_visitor_job", description="Erase one visitor of one site: config `request_id`, a request "
+        "stored by `pixelpipe erase --site S --visitor V --reason R --in-dagster`.")
 def erase_visitor_job():
     erase_visitor_op()

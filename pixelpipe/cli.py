@@ -3,17 +3,72 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from pixelpipe.core.errors import PixelpipeError
 from pixelpipe.core.settings import Settings
 
 
+def _say(command: str, text: str) -> None:
+    print(f"pixelpipe {command}: {text}", file=sys.stderr)
+
+
+def stack_database_url(settings: Settings, command: str = "erase") -> str:
+    """DATABASE_URL, else the PostgreSQL of the `pixelpipe up` running for this PIXELPIPE_HOME;
+    a one-line PixelpipeError naming the fix when neither answers. Says which on stderr."""
+    from pixelpipe.core.database import check_reachable, describe_target, local_database_url
+
+    if settings.database_url:
+        check_reachable(settings.database_url)
+        _say(command, f"using DATABASE_URL ({describe_target(settings.database_url)})")
+        return settings.database_url
+    url = local_database_url(settings)
+    if url is None or not _answers(url):
+        raise PixelpipeError(
+            f"no database: DATABASE_URL is not set and the local stack in {settings.home} (PIXELPIPE_HOME) "
+            f"is not running (its PostgreSQL does not answer on 127.0.0.1:{settings.postgres_port}). Start it with "
+            "`pixelpipe up`, or set DATABASE_URL.")
+    _say(command, f"using the local stack's PostgreSQL ({describe_target(url)}, PIXELPIPE_HOME={settings.home})")
+    return url
+
+
+def _answers(url: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@contextlib.contextmanager
+def database_for(settings: Settings, command: str):
+    """DATABASE_URL, else the running local stack's PostgreSQL, else an embedded one started for
+    this command and stopped after it (`migrate` and `site` work with or without `pixelpipe up`)."""
+    from pixelpipe.core.database import local_database_url
+    from pixelpipe.embedded_postgres import database_url
+    from pixelpipe.process import port_is_free
+
+    local = None if settings.database_url else local_database_url(settings)
+    if local is not None and not port_is_free(settings.postgres_port):
+        yield stack_database_url(settings, command)
+        return
+    if not settings.database_url:
+        _say(command, f"no stack running: starting the embedded PostgreSQL of {settings.home} for this command")
+    else:
+        from pixelpipe.core.database import describe_target
+
+        _say(command, f"using DATABASE_URL ({describe_target(settings.database_url)})")
+    with database_url(settings) as url:
+        yield url
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from pixelpipe.core.migrations import migrate
-    from pixelpipe.embedded_postgres import database_url
 
-    with database_url(settings) as url:
+    with database_for(settings, "migrate") as url:
         applied, created = migrate(url)
     print(f"migrations applied: {', '.join(applied) if applied else 'none (already up to date)'}")
     print(f"partitions created: {len(created)}")
@@ -23,7 +78,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_collector(settings: Settings, args: argparse.Namespace) -> int:
     from pixelpipe.collector import serve
 
-    return serve(settings, host=args.host, port=args.port, workers=args.workers)
+    return serve(settings, host=args.host, port=args.port, workers=args.workers,
+                 database=lambda settings: database_for(settings, "collector"))
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -37,9 +93,8 @@ def cmd_site(settings: Settings, args: argparse.Namespace) -> int:
 
     from pixelpipe.core import sites
     from pixelpipe.core.migrations import apply_migrations
-    from pixelpipe.embedded_postgres import database_url
 
-    with database_url(settings) as url:
+    with database_for(settings, "site") as url:
         apply_migrations(url)
         with psycopg.connect(url, autocommit=True) as conn:
             if args.site_command == "list":
@@ -77,8 +132,25 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     per_run = max(1, settings.backfill_hours_per_run)
     print(f"pixelpipe backfill: {len(keys)} hours of hourly_export submitted as backfill {backfill_id} "
           f"(runs of at most {per_run} hours, PIXELPIPE_BACKFILL_HOURS_PER_RUN). Follow it at "
-          f"{dagster_url}/overview/backfills/{backfill_id}", file=sys.stderr)
+          f"{dagster_url}/runs/b/{backfill_id}", file=sys.stderr)
     return 0
+
+
+def verify_s3(settings: Settings) -> tuple[str, str, str]:
+    """(endpoint, access key, secret key) verify reads with: PIXELPIPE_S3_ENDPOINT and AWS_*
+    when set, else the running local stack's S3 with its read-only keys, else AWS's own chain.
+    Says which on stderr."""
+    from pixelpipe.core.s3 import local_s3
+
+    if not settings.s3_endpoint and not settings.aws_access_key_id:
+        local = local_s3(settings.home, settings.s3_port, "reader-credentials.json")
+        if local is not None:
+            _say("verify", f"using the local stack's S3 at {local[0]} with its read-only keys "
+                 f"(PIXELPIPE_HOME={settings.home})")
+            return local
+    _say("verify", f"using S3 at {settings.s3_endpoint or 'AWS'} with "
+         f"{'AWS_ACCESS_KEY_ID' if settings.aws_access_key_id else 'the AWS credential chain'}")
+    return settings.s3_endpoint, settings.aws_access_key_id, settings.aws_secret_access_key
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
@@ -96,8 +168,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     bucket, _, prefix = args.target[5:].partition("/")
     start = parse_hour(args.start, "--from") if args.start else None
     end = parse_hour(args.end, "--to") if args.end else None
-    client = s3_client(settings.s3_endpoint, settings.aws_access_key_id, settings.aws_secret_access_key,
-                       settings.aws_region)
+    client = s3_client(*verify_s3(settings), settings.aws_region)
     try:
         if args.billing:
             from pixelpipe.core.statements import verify_statement
@@ -112,8 +183,9 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
             checked, problems = verify_location(client, bucket, prefix, args.site, start, end)
             what = "site-hours"
     except (BotoCoreError, ClientError) as error:
-        raise PixelpipeError(f"cannot read s3://{bucket}/{prefix}: {error}. Check PIXELPIPE_S3_ENDPOINT "
-                             "and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (read access is enough).") from None
+        raise PixelpipeError(f"cannot read s3://{bucket}/{prefix}: {_one_line(error)}. Check that the local "
+                             "stack is running (`pixelpipe up`), or PIXELPIPE_S3_ENDPOINT and "
+                             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (read access is enough).") from None
     for problem in problems:
         print(problem)
     summary = f"{checked} {what} checked under {args.target}: "
@@ -123,20 +195,31 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
-    """Erase a visitor now, in this process; the same code as the erase_visitor_job in Dagster."""
+    """Erase a visitor now, in this process; the same code as the erase_visitor_job in Dagster.
+    With --in-dagster, store the request for that job instead (its config then holds only the
+    request's id: Dagster keeps run config for good)."""
     import psycopg
 
-    from pipeline.erasure import erase_visitor
+    from pipeline.erasure import erase_visitor, store_request
     from pipeline.resources import resources_from_env
-    from pixelpipe.core.database import resolve_database_url
     from pixelpipe.core.migrations import apply_migrations
     from pixelpipe.core.s3 import configured_s3_client
 
-    url = resolve_database_url(settings)
+    url = stack_database_url(settings)
     apply_migrations(url)
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-        erasure = erase_visitor(conn, configured_s3_client(settings), resources_from_env()["settings"],
-                                args.site, args.visitor, args.reason)
+        if args.in_dagster:
+            request_id = store_request(conn, args.site, args.visitor, args.reason)
+            print(request_id)  # stdout: the request id alone, for scripts
+            print(f"pixelpipe erase: request {request_id} stored. Launch erase_visitor_job with the config "
+                  f"`ops: {{erase_visitor: {{config: {{request_id: {request_id}}}}}}}` "
+                  f"(http://127.0.0.1:{settings.dagster_port}/jobs/erase_visitor_job/playground); the request "
+                  "is deleted when the erasure finishes.", file=sys.stderr)
+            return 0
+        client = configured_s3_client(settings)
+        _say("erase", f"using S3 at {client.meta.endpoint_url}")
+        erasure = erase_visitor(conn, client, resources_from_env()["settings"], args.site, args.visitor,
+                                args.reason)
     print(erasure.erasure_id)  # stdout: the ledger id alone, for scripts
     hours = len(erasure.hours_rewritten)
     print(f"pixelpipe erase: erasure {erasure.erasure_id} of a visitor of site {erasure.site}: "
@@ -207,12 +290,35 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--visitor", required=True, help="the visitor_id, as in events_log and the files")
     erase.add_argument("--reason", default="erasure request",
                        help="why, kept in the erasures ledger (e.g. a request's reference)")
+    erase.add_argument("--in-dagster", action="store_true",
+                       help="store the request for erase_visitor_job instead of erasing now")
     erase.set_defaults(func=cmd_erase)
 
     up = sub.add_parser("up", help="run PostgreSQL, S3, the collector and Dagster locally")
     up.add_argument("--demo", action="store_true", help="serve /demo and generate traffic")
     up.set_defaults(func=cmd_up)
     return parser
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
+
+
+def explain(error: Exception) -> str | None:
+    """What a store's failure that escaped a command means to the user, in one line naming the
+    fix; None for anything else (a bug: its traceback is worth having)."""
+    import psycopg
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(error, psycopg.Error):
+        return (f"PostgreSQL failed ({_one_line(error)}). Check that the local stack is running "
+                "(`pixelpipe up`) or that DATABASE_URL points at a server that is up, then run the command again.")
+    if isinstance(error, (BotoCoreError, ClientError)):
+        return (f"S3 failed ({_one_line(error)}). Check that the local stack is running (`pixelpipe up`) "
+                "or PIXELPIPE_S3_ENDPOINT and the AWS_* keys, then run the command again.")
+    if isinstance(error, OSError):
+        return f"{_one_line(error)}. Check the path, the permissions and the network named there, then run it again."
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as error:
+        message = explain(error)
+        if message is None:
+            raise
+        print(f"pixelpipe {args.command}: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ from pixelpipe.process import exit_on_sigterm
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None,
-          workers: int | None = None) -> int:
+          workers: int | None = None, database=database_url) -> int:
+    """`database(settings)`: a context manager yielding the URL (the CLI's finds a running stack)."""
     exit_on_sigterm()
-    with database_url(settings) as url:
+    with database(settings) as url:
         migrate(url)  # idempotent and locked; partitions ahead so no insert hits the default
         os.environ["DATABASE_URL"] = url  # the worker processes read it
         uvicorn.run(

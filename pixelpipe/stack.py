@@ -2,7 +2,7 @@
 
 PostgreSQL (embedded unless DATABASE_URL), S3 (embedded unless PIXELPIPE_S3_ENDPOINT),
 migrations and buckets, then the collector and Dagster's webserver and daemon as child
-processes. Ctrl-C or SIGTERM stops the collector first (it flushes what it accepted), then
+processes. Ctrl-C, SIGINT (also when started in the background) or SIGTERM stops the collector first (it flushes what it accepted), then
 Dagster, then the stores. Data stays under PIXELPIPE_HOME.
 """
 
@@ -165,6 +165,9 @@ class Stack:
 def run_stack(settings: Settings, demo: bool = False) -> int:
     stack = Stack(settings, demo)
     exit_on_sigterm()
+    # A shell starts a background job (`pixelpipe up &`) with SIGINT ignored, and Python then
+    # leaves it ignored: `kill -INT` would do nothing. Ctrl-C and SIGINT stop the stack always.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     status = 1
     try:
         stack.start()

@@ -61,6 +61,56 @@ def sealed_partitions(conn: psycopg.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT partition_name FROM events_log_sealed_partitions")}
 
 
+class PartitionBusy(Exception):
+    """Another transaction holds a lock on events_log or the partition: nothing was changed."""
+
+    def __init__(self, holders: list[int]):
+        super().__init__(f"in use by {'pid ' + ', '.join(map(str, holders)) if holders else 'another transaction'}")
+        self.holders = holders
+
+
+def _lock_holders(conn: psycopg.Connection, tables: list[str]) -> list[int]:
+    return [pid for (pid,) in conn.execute(
+        """SELECT DISTINCT pid FROM pg_locks WHERE granted AND pid <> pg_backend_pid()
+           AND relation = ANY(SELECT to_regclass(t)::oid FROM unnest(%s::text[]) t) ORDER BY 1""", (tables,))]
+
+
+def drop_partition_if(conn: psycopg.Connection, partition: str, still_wanted, lock_wait: str = "20ms") -> bool:
+    """Drop an hour's partition, waiting for its locks no longer than `lock_wait`. `conn` must be
+    in autocommit mode.
+
+    Dropping a partition needs an ACCESS EXCLUSIVE lock on events_log itself (and on its default
+    partition). A request that waits for it, behind any open reader of events_log (an analyst's
+    idle psql session), makes every insert of the collector queue behind the request. So the
+    request waits at most `lock_wait` (long enough for the collector's own inserts in flight to
+    finish, short enough that the inserts queued behind it barely notice), then gives up: this
+    raises PartitionBusy, naming the pids holding the tables, and nothing changes. With the
+    locks held, `still_wanted(conn)` decides (e.g. re-reads the ledger, marks the hour purged);
+    the drop and the commit then go in one message, so the collector waits for milliseconds,
+    never for a client round trip. (DETACH PARTITION CONCURRENTLY would not take the parent's
+    lock, but PostgreSQL refuses it on a table with a default partition, which events_log has.)
+    Returns whether the partition was dropped."""
+    tables = ["events_log", "events_log_default", partition]
+    conn.execute("BEGIN")
+    try:
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_wait)))
+        try:
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(t)) for t in tables)))
+        except psycopg.errors.LockNotAvailable:
+            conn.execute("ROLLBACK")
+            raise PartitionBusy(_lock_holders(conn, tables)) from None
+        if not still_wanted(conn):
+            conn.execute("ROLLBACK")
+            return False
+        conn.execute(sql.SQL("DROP TABLE {}; COMMIT").format(sql.Identifier(partition)))
+        return True
+    except BaseException:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def seal_hour(conn: psycopg.Connection, hour: datetime, lock_timeout: str) -> None:
     """Seal the hour's partition before an export reads it: inserts in flight finish first,
     later ones fail loudly, so what the export reads is all the hour will ever hold. Raises

@@ -17,12 +17,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from pyarrow.lib import ArrowException
+
 from pixelpipe.core.s3 import read_parquet_metadata
 
 RECEIPT_NAME = "_receipt.json"
 RECEIPT_VERSION = 1
+# A key relative to the location's prefix; `base` is a site's own client prefix, if any.
 _HOUR_KEY = re.compile(
-    r"^(?P<base>.*?)site_id=(?P<site>[^/]+)/date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/(?P<name>[^/]+)$")
+    r"^(?P<base>(?:[^/]+/)*?)site_id=(?P<site>[^/]+)/date=(?P<date>[^/]*)/hour=(?P<hour>[^/]*)/(?P<name>[^/]+)$")
 
 
 @dataclass
@@ -77,41 +80,94 @@ def _listing(client, bucket: str, prefix: str) -> dict[str, int]:
     return sizes
 
 
-def verify_hour(client, bucket: str, hour_prefix: str, listed: dict[str, int]) -> list[Problem]:
+# Objects a bucket may hold beside the exported hours (key relative to a location's prefix,
+# which may itself be a site's client prefix). Whatever matches none of these, nor an hour's
+# folder, is a stray: verify names it rather than skipping it. Add here what else we publish.
+OTHER_OBJECTS: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^(?:(?!site_id=)[^/]+/)*billing/month=\d{4}-\d{2}/statement\.(?:json|csv|parquet)$"),
+     "billing statement (checked with --billing)"),
+]
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_receipt(body: bytes, site: str, hour: datetime) -> tuple[dict, dict[str, dict], list[str]]:
+    """(receipt, its files by name, what is wrong with it): every field verify relies on is
+    checked here, so a crafted receipt is a named problem, never a traceback. A malformed entry
+    is kept by name with no fields (so its file is not also called extra)."""
+    try:
+        receipt = json.loads(body)
+    except ValueError as error:
+        return {}, {}, [f"unreadable receipt (not JSON: {error})"]
+    if not isinstance(receipt, dict):
+        return {}, {}, ["unreadable receipt (not a JSON object)"]
+    problems = []
+    if not _int(receipt.get("rows")):
+        problems.append("receipt has no row count ('rows')")
+    if receipt.get("site_id") != site:
+        problems.append(f"receipt is for site {receipt.get('site_id')!r}, its folder for {site!r}")
+    if receipt.get("hour") != hour.strftime("%Y-%m-%dT%H:00:00Z"):
+        problems.append(f"receipt is for hour {receipt.get('hour')!r}, its folder for {hour:%Y-%m-%dT%H}:00:00Z")
+    files = receipt.get("files")
+    if not isinstance(files, list):
+        return receipt, {}, [*problems, "receipt has no file list ('files')"]
+    claimed: dict[str, dict] = {}
+    for n, file in enumerate(files):
+        if not isinstance(file, dict) or not isinstance(file.get("name"), str) or "/" in file["name"] \
+                or not file["name"]:
+            problems.append(f"receipt file entry {n} has no valid 'name'")
+            continue
+        missing = [k for k, ok in (("bytes", _int(file.get("bytes"))), ("rows", _int(file.get("rows"))),
+                                   ("sha256", isinstance(file.get("sha256"), str))) if not ok]
+        if missing:  # named by the receipt, so not "extra"; not checkable either
+            problems.append(f"receipt entry for {file['name']} has no valid {', '.join(repr(k) for k in missing)}")
+            claimed[file["name"]] = {}
+        elif file["name"] in claimed:
+            problems.append(f"receipt lists {file['name']} twice")
+        else:
+            claimed[file["name"]] = file
+    return receipt, claimed, problems
+
+
+def check_file(client, bucket: str, key: str, size: int, claim: dict) -> tuple[int | None, list[str]]:
+    """One data file against its receipt entry: size, SHA-256, then the row count in its
+    Parquet footer. Returns (rows, problems); rows is None when the file does not check out."""
+    if size != claim["bytes"]:
+        return None, [f"size {size} bytes, receipt says {claim['bytes']}"]
+    digest = hashlib.sha256(client.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
+    if digest != claim["sha256"]:
+        return None, ["SHA-256 differs from the receipt"]
+    try:
+        rows = read_parquet_metadata(client, bucket, key).num_rows
+    except (ValueError, OSError, ArrowException) as error:
+        return None, [f"unreadable Parquet ({' '.join(str(error).split())[:200]})"]
+    if rows != claim["rows"]:
+        return None, [f"{rows} rows in its footer, receipt says {claim['rows']}"]
+    return rows, []
+
+
+def verify_hour(client, bucket: str, hour_prefix: str, listed: dict[str, int], site: str,
+                hour: datetime) -> list[Problem]:
     """Check one site-hour's objects (`listed`: key -> size) against its receipt."""
     where = f"s3://{bucket}/{hour_prefix}"
     receipt_key = hour_prefix + RECEIPT_NAME
     if receipt_key not in listed:
         return [Problem(where, "no receipt: the hour is incomplete or was never exported")]
-    try:
-        receipt = json.loads(client.get_object(Bucket=bucket, Key=receipt_key)["Body"].read())
-        claimed = {f["name"]: f for f in receipt["files"]}
-    except (ValueError, KeyError, TypeError) as error:
-        return [Problem(where, f"unreadable receipt ({error})")]
-    problems = []
+    receipt, claimed, malformed = read_receipt(
+        client.get_object(Bucket=bucket, Key=receipt_key)["Body"].read(), site, hour)
+    problems = [Problem(where + RECEIPT_NAME, what) for what in malformed]
     present = {key[len(hour_prefix):]: size for key, size in listed.items() if key != receipt_key}
     for name in sorted(set(claimed) - set(present)):
         problems.append(Problem(where + name, "missing (the receipt lists it)"))
     for name in sorted(set(present) - set(claimed)):
         problems.append(Problem(where + name, "extra (not in the receipt)"))
     rows = 0
-    for name in sorted(set(claimed) & set(present)):
-        file, key = claimed[name], hour_prefix + name
-        if present[name] != file["bytes"]:
-            problems.append(Problem(where + name, f"size {present[name]} bytes, receipt says {file['bytes']}"))
-            continue
-        digest = hashlib.sha256(client.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
-        if digest != file["sha256"]:
-            problems.append(Problem(where + name, "SHA-256 differs from the receipt"))
-            continue
-        try:
-            file_rows = read_parquet_metadata(client, bucket, key).num_rows
-        except ValueError as error:
-            problems.append(Problem(where + name, f"unreadable Parquet ({error})"))
-            continue
-        if file_rows != file["rows"]:
-            problems.append(Problem(where + name, f"{file_rows} rows in its footer, receipt says {file['rows']}"))
-        rows += file_rows
+    for name in sorted(name for name in set(claimed) & set(present) if claimed[name]):
+        file_rows, wrong = check_file(client, bucket, hour_prefix + name, present[name], claimed[name])
+        problems += [Problem(where + name, what) for what in wrong]
+        rows += file_rows or 0
     if not problems and rows != receipt["rows"]:
         problems.append(Problem(where, f"{rows} rows in the files, receipt says {receipt['rows']}"))
     return problems
@@ -119,33 +175,45 @@ def verify_hour(client, bucket: str, hour_prefix: str, listed: dict[str, int]) -
 
 def verify_location(client, bucket: str, prefix: str = "", site: str | None = None,
                     start: datetime | None = None, end: datetime | None = None) -> tuple[int, list[Problem]]:
-    """Every site-hour under s3://bucket/prefix (optionally one site, hours in [start, end])
-    against its receipt; with a range, an hour of a site that has no objects at all is a problem
-    too (an empty hour still gets a receipt). Returns (site-hours checked, problems)."""
+    """Every object under s3://bucket/prefix (optionally one site, hours in [start, end]) is
+    accounted for: each site-hour's files against its receipt (also under a site's own client
+    prefix), statements left to --billing, and anything else (a key that is no hour, a file in
+    a sub-folder of an hour, a stray object) is a problem. With a range, an hour of a site that
+    has no objects at all is a problem too (an empty hour still gets a receipt). Returns
+    (site-hours checked, problems)."""
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    hours: dict[tuple[str, datetime], dict[str, int]] = defaultdict(dict)
-    prefixes: dict[tuple[str, datetime], str] = {}
+    hours: dict[tuple[str, str, datetime], dict[str, int]] = defaultdict(dict)
+    problems: list[Problem] = []
     search = f"{prefix}site_id={site}/" if site else prefix
     for key, size in _listing(client, bucket, search).items():
-        match = _HOUR_KEY.match(key)
-        if not match or match["base"] != prefix:
+        where = f"s3://{bucket}/{key}"
+        relative = key[len(prefix):]
+        match = _HOUR_KEY.match(relative)
+        if match is None or "site_id=" in match["base"]:
+            if not any(pattern.match(relative) for pattern, _ in OTHER_OBJECTS):
+                problems.append(Problem(where, "stray object: not a file of an exported hour's folder "
+                                        "(site_id=S/date=YYYY-MM-DD/hour=HH/NAME) nor a statement"))
             continue
-        hour = datetime.strptime(f"{match['date']} {match['hour']}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+        try:
+            hour = datetime.strptime(f"{match['date']} {match['hour']}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+        except ValueError:
+            problems.append(Problem(where, f"not an hour: date={match['date']}/hour={match['hour']}"))
+            continue
         if (start and hour < start) or (end and hour > end):
             continue
-        hours[match["site"], hour][key] = size
-        prefixes[match["site"], hour] = key[: -len(match["name"])]
-    problems: list[Problem] = []
+        hours[prefix + match["base"], match["site"], hour][key] = size
     if start and end:
-        for seen_site in sorted({s for s, _ in hours} | ({site} if site else set())):
+        seen = {(base, s) for base, s, _ in hours} | ({(prefix, site)} if site else set())
+        for base, seen_site in sorted(seen):
             hour = start
             while hour <= end:
-                if (seen_site, hour) not in hours:
+                if (base, seen_site, hour) not in hours:
                     problems.append(Problem(
-                        f"s3://{bucket}/{prefix}site_id={seen_site}/date={hour:%Y-%m-%d}/hour={hour:%H}/",
+                        f"s3://{bucket}/{base}site_id={seen_site}/date={hour:%Y-%m-%d}/hour={hour:%H}/",
                         "no receipt: the hour is incomplete or was never exported"))
                 hour += timedelta(hours=1)
-    for site_hour, listed in sorted(hours.items()):
-        problems += verify_hour(client, bucket, prefixes[site_hour], listed)
+    for (base, hour_site, hour), listed in sorted(hours.items()):
+        hour_prefix = f"{base}site_id={hour_site}/date={hour:%Y-%m-%d}/hour={hour:%H}/"
+        problems += verify_hour(client, bucket, hour_prefix, listed, hour_site, hour)
     return len(hours), problems

@@ -45,10 +45,11 @@ def ensure_buckets(client, buckets: list[str]) -> list[str]:
     return created
 
 
-def local_s3(home: Path, port: int) -> tuple[str, str, str] | None:
+def local_s3(home: Path, port: int, keys: str = "credentials.json") -> tuple[str, str, str] | None:
     """(endpoint, access key, secret key) of the embedded S3 that `pixelpipe up` runs for this
-    PIXELPIPE_HOME (its service keys in <home>/s3/credentials.json), or None when there is none."""
-    credentials = home / "s3" / "credentials.json"
+    PIXELPIPE_HOME (its service keys in <home>/s3/credentials.json, its read-only keys in
+    reader-credentials.json), or None when there is none."""
+    credentials = home / "s3" / keys
     if not credentials.exists():
         return None
     keys = json.loads(credentials.read_text())

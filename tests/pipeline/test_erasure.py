@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.assets.retention import apply_retention
-from pipeline.erasure import erase_visitor_job
+from pipeline.erasure import erase_visitor_job, store_request
 from pixelpipe.core.events_log import ensure_partitions
 from tests.pipeline.conftest import materialize_export, partition_key, seed_events, verify
 from tests.pipeline.test_billing import _bill
@@ -138,11 +138,13 @@ def test_erasure_across_purged_exported_and_unexported_hours_in_both_buckets(
 
     # A second erasure (vis-5: rows 5 and 19 of each alpha hour), from Dagster (what the UI launches), after the month was billed: the
     # statement is re-issued over the new receipts, with the same events and amount.
+    # The job gets a stored request's id: Dagster keeps run config for good, so never the visitor.
+    request_id = store_request(db, "alpha", "vis-5", "account deleted")
     result = erase_visitor_job.execute_in_process(
-        run_config={"ops": {"erase_visitor": {"config": {"site": "alpha", "visitor": "vis-5",
-                                                         "reason": "account deleted"}}}},
-        resources=resources)
+        run_config={"ops": {"erase_visitor": {"config": {"request_id": request_id}}}}, resources=resources)
     assert result.success
+    assert "vis-5" not in json.dumps(result.dagster_run.run_config)
+    assert db.execute("SELECT count(*) FROM erasure_requests").fetchone()[0] == 0  # done: only the digest stays
     output = next(e for e in result.events_for_node("erase_visitor") if e.is_successful_output)
     metadata = output.step_output_data.metadata
     assert {k: metadata[k].value for k in ("rows_in_database", "rows_in_files", "hours_rewritten",
@@ -161,7 +163,7 @@ def test_erasure_across_purged_exported_and_unexported_hours_in_both_buckets(
 
 
 def test_erase_says_what_is_missing(database_url, s3_server, buckets):
-    empty = erase(database_url, s3_server, buckets, "--site", "alpha", "--visitor", " ")
+    empty = erase(database_url, s3_server, buckets, "--site", "alpha", "--visitor", "")
     assert empty.returncode == 2 and "the visitor is empty" in empty.stderr and "Traceback" not in empty.stderr
 
 
@@ -218,3 +220,65 @@ def test_a_file_of_an_earlier_schema_version_is_rewritten_in_the_current_one(tmp
     table = pq.read_table(file.path)
     assert table.schema.equals(EXPORT_SCHEMA) and file.rows == 1
     assert table.column("source").to_pylist() == ["pixelpipe"] and table.column("visitor_id").to_pylist() == ["vis-2"]
+
+
+def test_erasure_matches_the_visitor_exactly_and_reads_dead_letters_as_the_collector_did(
+        resources, db, database_url, s3, s3_server, buckets):
+    """"alice " is not "alice"; a dead letter is the visitor's when its decoded visitor and site
+    are, whatever endpoint, encoding or escape it came in, and never because its text says alice."""
+    import gzip
+    from urllib.parse import urlencode
+
+    import lzstring
+    from starlette.testclient import TestClient
+
+    from ingest_service.app import create_app
+    from pixelpipe.core.settings import Settings
+    from pixelpipe.core.sites import new_write_key
+
+    ensure_partitions(db, now=EXPORTED, hours_back=1, hours_ahead=2)
+    for visitor, count in (("alice", 3), ("alice ", 2), ("bob", 1)):
+        db.execute("""INSERT INTO events_log (event_type, site_id, visitor_id, "timestamp", raw_event_data, created_at)
+                      SELECT 'pageview', 'alpha', %s, %s, '{}'::jsonb, %s FROM generate_series(1, %s)""",
+                   (visitor, EXPORTED, EXPORTED + timedelta(minutes=5), count))
+    assert materialize_export(resources, partition=partition_key(EXPORTED)).success
+    key = new_write_key(db, "alpha")
+    segment = orjson.dumps({"writeKey": key, "type": "track", "anonymousId": "alice"})  # no event name
+    with TestClient(create_app(Settings(), database_url)) as collector:
+        alices = [  # each refused (no event type, or not JSON) and dead-lettered by the collector
+            collector.get("/i?siteId=alpha&visitorId=alice"),  # the pixel's query string
+            collector.get("/i?e=&tv=js-3.0&aid=alpha&duid=alice"),  # a Snowplow GET
+            collector.post("/v1/track", content=segment),  # Segment: the site is the key's
+            collector.post("/v1/track", content=gzip.compress(segment), headers={"Content-Encoding": "gzip"}),
+            collector.post("/e/", json={"api_key": key, "distinct_id": "alice", "properties": {}}),  # PostHog
+            collector.post("/e/?compression=lz64", headers={"Content-Type": "application/x-www-form-urlencoded"},
+                           content=urlencode({"data": lzstring.LZString().compressToBase64(
+                               json.dumps([{"distinct_id": "alice", "properties": {"token": key}}]))})),
+            collector.post("/collect", content=b'{"siteId":"alpha","visitorId":"\\u0061lice"}'),
+            collector.post("/collect", content=b'{"siteId":"alpha","visitorId":"alice",'),  # cut short
+        ]
+        others = [
+            collector.post("/collect", content=b'{"siteId":"alpha","visitorId":"bob","note":"alice"}'),
+            collector.post("/collect", content=b'{"siteId":"erz","ref":"alpha","coupon":"alice"}'),
+            collector.post("/collect", content=b'{"siteId":"alpha","visitorId":"alice "}'),
+            collector.post("/collect", content=b'{"siteId":"erz","visitorId":"alice"}'),  # another site's alice
+        ]
+    assert all(400 <= r.status_code < 500 or r.headers["content-type"] == "image/gif" for r in alices + others)
+    dead_letters = db.execute("SELECT count(*) FROM events_rejected").fetchone()[0]
+    assert dead_letters == len(alices) + len(others)
+
+    spaced = erase(database_url, s3_server, buckets, "--site", "alpha", "--visitor", "alice ")
+    assert spaced.returncode == 0, spaced.stderr
+    assert "2 rows removed from events_log, 2 from the exported files" in spaced.stderr
+    assert (visitor_rows(db, "alpha", "alice "), visitor_rows(db, "alpha", "alice")) == (0, 3)
+    rows, _ = exported_rows(s3, buckets["client"], "alpha", EXPORTED)
+    assert sorted(row["visitor_id"] for row in rows) == ["alice"] * 3 + ["bob"]
+
+    done = erase(database_url, s3_server, buckets, "--site", "alpha", "--visitor", "alice")
+    assert done.returncode == 0, done.stderr
+    assert f"{len(alices)} dead letters" in done.stderr
+    left = sorted(bytes(body) for (body,) in db.execute("SELECT raw_body FROM events_rejected"))
+    assert left == sorted([b'{"siteId":"alpha","visitorId":"bob","note":"alice"}',
+                           b'{"siteId":"erz","ref":"alpha","coupon":"alice"}', b'{"siteId":"erz","visitorId":"alice"}'])
+    rows, receipt = exported_rows(s3, buckets["client"], "alpha", EXPORTED)
+    assert [row["visitor_id"] for row in rows] == ["bob"] and receipt["erased_events"] == 5

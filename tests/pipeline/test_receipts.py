@@ -126,3 +126,70 @@ def test_pixelpipe_verify_says_what_to_fix(s3_server):
     assert wrong.returncode == 2 and "write it as s3://BUCKET or s3://BUCKET/PREFIX" in wrong.stderr
     unreachable = verify(s3_server, "s3://no-such-bucket-here")
     assert unreachable.returncode == 2 and "PIXELPIPE_S3_ENDPOINT" in unreachable.stderr
+
+
+def test_verify_names_every_malformed_or_unaccounted_object_of_a_crafted_bucket(resources, db, s3, s3_server,
+                                                                               buckets):
+    """Each crafted thing is one named line and the exit status is 1: no traceback, nothing skipped."""
+    import pyarrow as pa
+
+    hour = closed_hour(3)
+    seed_events(db, hour, "alpha", 5)
+    assert materialize_export(resources, partition=partition_key(hour)).success
+    bucket = buckets["client"]
+    assert verify(s3_server, f"s3://{bucket}").returncode == 0
+    folder = f"date={hour:%Y-%m-%d}/hour={hour:%H}/"
+
+    def parquet(rows: int) -> bytes:
+        out = io.BytesIO()
+        pq.write_table(pa.table({"n": list(range(rows))}), out)
+        return out.getvalue()
+
+    def put(key, body):
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    def entry(name, body, **changes):
+        file = {"name": name, "bytes": len(body), "rows": 3, "sha256": hashlib.sha256(body).hexdigest()}
+        return {**file, **changes}
+
+    def hour_receipt(site, files, **changes):
+        return json.dumps({"site_id": site, "hour": f"{hour:%Y-%m-%dT%H}:00:00Z", "rows": 3,
+                           "files": files, **changes}).encode()
+
+    data = parquet(3)
+    # A file entry without "bytes"; a receipt without "rows".
+    put(f"site_id=beta/{folder}part-00000.parquet", data)
+    put(f"site_id=beta/{folder}_receipt.json",
+        hour_receipt("beta", [{k: v for k, v in entry("part-00000.parquet", data).items() if k != "bytes"}]))
+    put(f"site_id=gamma/{folder}part-00000.parquet", data)
+    receipt_without_rows = json.loads(hour_receipt("gamma", [entry("part-00000.parquet", data)]))
+    del receipt_without_rows["rows"]
+    put(f"site_id=gamma/{folder}_receipt.json", json.dumps(receipt_without_rows).encode())
+    # An impossible hour.
+    put("site_id=delta/date=2026-13-45/hour=99/part-00000.parquet", data)
+    # A corrupt footer (its length and magic intact), listed correctly in its receipt.
+    length = int.from_bytes(data[-8:-4], "little")
+    corrupt = data[:-8 - length] + b"\xff" * length + data[-8:]
+    put(f"site_id=epsilon/{folder}part-00000.parquet", corrupt)
+    put(f"site_id=epsilon/{folder}_receipt.json", hour_receipt("epsilon", [entry("part-00000.parquet", corrupt)]))
+    # 1,000 rows in a sub-folder of a verified hour, and stray objects beside the site folders.
+    put(f"site_id=alpha/{folder}sub/part-00000.parquet", parquet(1000))
+    put("notes.txt", b"hello")
+    put("site_id=alpha/readme", b"hello")
+
+    result = verify(s3_server, f"s3://{bucket}")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stdout.splitlines()
+    expected = {
+        f"site_id=beta/{folder}_receipt.json": "has no valid 'bytes'",
+        f"site_id=gamma/{folder}_receipt.json": "no row count",
+        "site_id=delta/date=2026-13-45/hour=99/part-00000.parquet": "not an hour",
+        f"site_id=epsilon/{folder}part-00000.parquet": "unreadable Parquet",
+        f"site_id=alpha/{folder}sub/part-00000.parquet": "stray object",
+        "notes.txt": "stray object",
+        "site_id=alpha/readme": "stray object",
+    }
+    for key, what in expected.items():
+        assert any(line.startswith(f"s3://{bucket}/{key}: ") and what in line for line in lines), (key, lines)
+    assert len(lines) == len(expected), lines
