@@ -145,14 +145,19 @@ class SiteDirectory:
                                 "(PIXELPIPE_NEW_SITES_PER_HOUR).")
         if not rule.allowed:
             raise EventRejected("site_not_allowed", f"Site {site!r} is not allowed (sites.allowed = false).")
-        if rule.allowed_hosts is None or site == keyed_site:
+        if rule.allowed_hosts is None:
+            return
+        if site == keyed_site and origin is None and referer is None:
+            # A server-side sender with the key. A browser's request (it names its page in Origin
+            # or Referer) must come from the site's hosts even with the key: the key is in the
+            # site's pages (posthog-js, analytics.js), so any page can copy it.
             return
         hosts = [page_host(u) for u in (url, origin, referer) if u]
         if not hosts or not all(host_allowed(h, rule.allowed_hosts) for h in hosts):
             raise EventRejected(
                 "host_not_allowed",
                 f"Site {site!r} accepts events only from pages on {', '.join(rule.allowed_hosts)} "
-                "(sites.allowed_hosts), or with its write key.")
+                "(sites.allowed_hosts), or server-side with its write key.")
 
 
 class TokenBuckets:

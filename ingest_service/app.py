@@ -95,6 +95,10 @@ READINESS_TTL_SECONDS = 1.0
 BODY_BYTES_PER_TOKEN = 16 * 1024
 FLOOD_SUMMARY_SECONDS = 60
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,20}")
+# A write key as `pixelpipe site key` makes them (pixelpipe.core.sites): removed from whatever a
+# dead letter keeps, wherever in the body it was. A fixed prefix and a bounded class: linear.
+WRITE_KEY = re.compile(rb"ppk_[A-Za-z0-9_-]{43}")
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
@@ -232,9 +236,13 @@ class Collector:
         size and SHA-256 of all of it."""
         raw = intake.body if raw is None else raw
         content_type = intake.content_type[:CONTENT_TYPE_MAX] if intake.content_type else None
+        kept = raw[:self.settings.dead_letter_body_cap]
+        if raw[:2] == GZIP_MAGIC:
+            kept = b""  # not inflated (it was refused): a write key inside could not be removed
+        elif b"ppk_" in kept:
+            kept = WRITE_KEY.sub(b"ppk_[removed]", kept)
         return (reason[:REASON_MAX], intake.endpoint, content_type, intake.context.client_ip,
-                min(len(raw) if size is None else size, 2**62),
-                raw[:self.settings.dead_letter_body_cap], hashlib.sha256(raw).hexdigest())
+                min(len(raw) if size is None else size, 2**62), kept, hashlib.sha256(raw).hexdigest())
 
     def refused(self, status: int, code: str, detail: str, events: int = 0,
                 retry_after: int | None = None) -> Outcome:
@@ -549,6 +557,7 @@ class Collector:
         try:
             self.check_size(size, "send smaller batches")
             payload = decode_body(body, content_type, headers.get("content-encoding"), self.limits)
+            intake = intake._replace(body=payload)  # what a dead letter keeps: the decoded text
             candidates, envelope = parse_events(payload, self.limits)
         except BodyRejected as error:
             return await self.body_refused(intake, error)
@@ -579,12 +588,12 @@ class Collector:
         """PostHog's SDKs: /batch/, /capture/, /e/ (and /i/v0/e/ of newer posthog-js)."""
         headers, compression = request.headers, request.query_params.get("compression")
 
-        def translate(body: bytes) -> SdkBatch:
-            payload = decode_payload(body, headers.get("content-type"), headers.get("content-encoding"),
-                                     compression, self.limits)
-            return capture_batch(payload, self.limits)
+        def decode(body: bytes) -> bytes:
+            return decode_payload(body, headers.get("content-type"), headers.get("content-encoding"),
+                                  compression, self.limits)
 
-        outcome = await self._sdk(request, translate, keyed=True, inflate=False)
+        outcome = await self._sdk(request, lambda payload: capture_batch(payload, self.limits),
+                                  keyed=True, decode=decode)
         return _json(capture_answer(outcome.body(), outcome.status), outcome.status, outcome.headers())
 
     async def snowplow(self, request: Request) -> Response:
@@ -593,19 +602,19 @@ class Collector:
         outcome = await self._sdk(request, lambda payload: tp2_batch(payload, agent, self.limits), keyed=False)
         return _json(outcome.body(), outcome.status, outcome.headers())
 
-    async def _sdk(self, request: Request, translate, *, keyed: bool, inflate: bool = True) -> Outcome:
-        """An SDK's request through the one intake path: read within the cap, translated, the
-        write key checked (401 without a valid one), limited like /collect, then ingested.
-        `translate` gets the body inflated by its Content-Encoding, or as received when the
-        protocol inflates it itself (`inflate=False`)."""
+    async def _sdk(self, request: Request, translate, *, keyed: bool, decode=None) -> Outcome:
+        """An SDK's request through the one intake path: read within the cap, decoded, translated,
+        the write key checked (401 without a valid one), limited like /collect, then ingested.
+        `decode` turns the body as received into JSON text (default: inflate by Content-Encoding)."""
         context = self.request_context(request)
         content_type = request.headers.get("content-type")
         body, size = await self._read_body(request)
         intake = Intake(request.url.path, content_type, context, body, size)
         try:
             self.check_size(size, "lower the SDK's batch size")
-            payload = body if not inflate else decode_body(
+            payload = decode(body) if decode else decode_body(
                 body, "application/json", request.headers.get("content-encoding"), self.limits)
+            intake = intake._replace(body=payload)  # what a dead letter keeps: the decoded text
             batch = translate(payload)
         except BodyRejected as error:
             return await self.body_refused(intake, error)
