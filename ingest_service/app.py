@@ -206,7 +206,7 @@ class Collector:
             queue_max_rows=settings.queue_max_rows,
             flushers=settings.flush_connections,
         )
-        self.sites = SiteDirectory(database_url, settings.site_policy, settings.new_sites_per_hour)
+        self.sites = SiteDirectory(database_url, settings.site_policy, settings.new_sites_per_hour, self.metrics)
         self.ip_limits = TokenBuckets(settings.rate_limit_per_ip)
         self.site_limits = TokenBuckets(settings.rate_limit_per_site)
         self.flood = FloodTally()
@@ -356,7 +356,8 @@ class Collector:
     async def _admit(self, rows, indexes, problems, context: RequestContext, keyed_site):
         """Keep the rows whose site may send them; the others join `problems`."""
         sites = self.sites
-        unseen = {row[SITE_COLUMN] for row in rows if row[SITE_COLUMN] not in sites.sites}
+        unseen = {row[SITE_COLUMN] for row in rows if row[SITE_COLUMN] not in sites.sites
+                  and keyed_site in (None, row[SITE_COLUMN])}  # a key admits no other site
         if unseen and sites.policy == "open":
             try:
                 await sites.admit(unseen)
@@ -366,7 +367,7 @@ class Collector:
         kept, kept_indexes = [], []
         for row, index in zip(rows, indexes, strict=True):
             rule = known.get(row[SITE_COLUMN])
-            if rule is not None and rule.allowed and rule.allowed_hosts is None:  # the usual case
+            if rule is not None and rule.open and keyed_site is None:  # the usual case
                 kept.append(row)
                 kept_indexes.append(index)
                 continue

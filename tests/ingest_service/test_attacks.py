@@ -4,6 +4,9 @@ collector (in process, or `pixelpipe collector` where sockets and workers matter
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
+import time
 
 import orjson
 
@@ -58,3 +61,61 @@ def test_a_browser_request_with_a_sites_key_must_come_from_its_hosts(database_ur
     assert forged.status_code == 400 and forged.json()["error"] == "host_not_allowed"
     assert ours.status_code == 200 and server_side.status_code == 200
     assert db.execute("SELECT count(*) FROM events_log WHERE site_id = 'shop'").fetchone()[0] == 2
+
+
+# --- 11. a site that requires its key --------------------------------------------------------------
+
+def site_cli(database_url, *args):
+    env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "pixelpipe.cli", "site", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def metric(collector, name: str) -> float:
+    for line in collector.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_a_site_that_requires_its_key_takes_no_keyless_write_and_a_key_writes_only_its_site(database_url, db):
+    assert site_cli(database_url, "add", "shop").returncode == 0
+    assert site_cli(database_url, "set", "shop", "--require-key").returncode == 0
+    key = site_cli(database_url, "key", "shop").stdout.strip()
+    other_key = keyed_site(db, "other")
+    listed = dict(line.split("\t", 1) for line in site_cli(database_url, "list").stdout.splitlines())
+    assert listed["shop"].endswith("\tset\tyes") and listed["other"].endswith("\tset\tno")
+    tp2 = {"schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+           "data": [{"e": "pv", "tv": "py-1.0", "aid": "shop", "p": "srv"}]}
+    with make_client(database_url) as collector:
+        keyless = collector.post("/collect", json={"eventType": "x", "siteId": "shop"})
+        pixel = collector.get("/i", params={"eventType": "x", "siteId": "shop"})
+        snowplow = collector.post("/com.snowplowanalytics.snowplow/tp2", json=tp2)
+        keyed = collector.post("/collect", json={"eventType": "x"}, headers={"authorization": f"Bearer {key}"})
+        claimed = collector.post("/collect", json={"eventType": "x", "siteId": "shop"},
+                                 headers={"authorization": f"Bearer {other_key}"})
+        segment = collector.post("/v1/track", json={"event": "x", "userId": "u", "context": {}},
+                                 auth=(other_key, ""))
+        posthog_claim = collector.post("/e/", json={"api_key": other_key, "event": "x", "distinct_id": "d",
+                                                    "siteId": "shop"})
+        changes = metric(collector, "pixelpipe_site_changes_applied_total")
+        assert site_cli(database_url, "set", "shop", "--no-require-key").returncode == 0
+        deadline = time.monotonic() + 10  # the change is announced; the worker applies it
+        while metric(collector, "pixelpipe_site_changes_applied_total") == changes:
+            assert time.monotonic() < deadline, "the change to sites was not applied"
+        lifted = collector.post("/collect", json={"eventType": "x", "siteId": "shop"})
+    assert keyless.status_code == 400 and keyless.json()["error"] == "write_key_required"
+    assert pixel.status_code == 200  # the GIF, dead-lettered
+    assert snowplow.status_code == 400 and snowplow.json()["error"] == "write_key_required"
+    assert keyed.status_code == 200
+    assert claimed.status_code == 400 and claimed.json()["error"] == "key_for_another_site"
+    assert segment.status_code == 200  # other's key: stored as other's
+    assert posthog_claim.status_code == 200  # PostHog has no siteId field: the key's site
+    assert lifted.status_code == 200
+    assert [r.split(":")[0] for r in reasons(db)] == ["write_key_required"] * 3 + ["key_for_another_site"]
+    assert db.execute("SELECT site_id, count(*) FROM events_log GROUP BY 1 ORDER BY 1").fetchall() == \
+        [("other", 2), ("shop", 2)]
+
+
+def reasons(db) -> list[str]:
+    return [r[0] for r in db.execute("SELECT reason FROM events_rejected ORDER BY id")]
