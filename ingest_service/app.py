@@ -59,6 +59,7 @@ from ingest_service.visitors import (
     classify,
     cookieless_visitor_id,
     known_verdict,
+    stands_for_visitor,
 )
 from ingest_service.writer import EventWriter, Overloaded, Unavailable
 from pixelpipe.core.settings import Settings
@@ -227,6 +228,8 @@ class Collector:
         ip = client_ip(peer, forwarded, self.trusted)
         if ip and self.settings.anonymize_ip:
             ip = anonymize_ip(ip)
+        if user_agent and not stands_for_visitor(user_agent):
+            user_agent = None  # a program's request: its agent is neither stored nor checked for bots
         return RequestContext(datetime.now(UTC), ip, user_agent[:USER_AGENT_MAX] if user_agent else None,
                               referer[:URL_MAX] if referer else None, origin[:URL_MAX] if origin else None)
 

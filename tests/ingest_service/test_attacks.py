@@ -7,7 +7,9 @@ import gzip
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import httpx
 import orjson
 
 from pixelpipe.core import sites
@@ -119,3 +121,36 @@ def test_a_site_that_requires_its_key_takes_no_keyless_write_and_a_key_writes_on
 
 def reasons(db) -> list[str]:
     return [r[0] for r in db.execute("SELECT reason FROM events_rejected ORDER BY id")]
+
+
+# --- 12. server-side senders are not crawlers ------------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_curl_commands() -> list[str]:
+    """The README's curl examples as written (continuation lines joined)."""
+    text = README.read_text().replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("curl ")]
+
+
+def test_the_readmes_curl_examples_are_stored_and_crawlers_still_are_not(collector_process, db):
+    collector = collector_process(env={"PIXELPIPE_DROP_BOTS": "true"})
+    commands = readme_curl_commands()
+    assert len(commands) >= 2
+    for command in commands:
+        command = command.replace("localhost:8000", f"127.0.0.1:{collector.port}")
+        answer = subprocess.run(["bash", "-c", command + " -sS -w ' %{http_code}'"], capture_output=True,
+                                timeout=30)
+        assert answer.stdout.endswith(b" 200") and b"bot" not in answer.stdout, (command, answer.stdout)
+    googlebot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+    page = "https://shop.example.com/"
+    crawler_visit = httpx.post(f"{collector.url}/collect", json={"eventType": "pageview", "url": page},
+                               headers={"user-agent": googlebot, "referer": page})
+    relayed_crawler = httpx.post(f"{collector.url}/collect", json={"eventType": "pageview", "url": page,
+                                                                  "userAgent": googlebot})
+    backend = httpx.post(f"{collector.url}/collect", json={"eventType": "signup", "url": page})
+    assert crawler_visit.json()["error"] == "bot" and relayed_crawler.json()["error"] == "bot"
+    assert backend.status_code == 200
+    stored = db.execute("SELECT event_type, user_agent FROM events_log ORDER BY event_type").fetchall()
+    assert stored == [("pageview", None), ("signup", None), ("signup", None)]  # no library's agent kept
