@@ -51,7 +51,7 @@ from ingest_service.sdks import SdkBatch
 from ingest_service.sdks.posthog import capture_answer, capture_batch, decode_payload
 from ingest_service.sdks.segment import CALLS as SEGMENT_CALLS
 from ingest_service.sdks.segment import SHORT_CALLS as SEGMENT_SHORT_CALLS
-from ingest_service.sdks.segment import segment_answer, segment_batch
+from ingest_service.sdks.segment import basic_auth_user, segment_answer, segment_batch
 from ingest_service.sdks.snowplow import is_tracker_query, tp2_batch, tracker_event
 from ingest_service.visitors import (
     NEW_AGENTS_PER_REQUEST,
@@ -120,6 +120,18 @@ def stored_text_bytes(rows: list[tuple], rejects: list[tuple]) -> int:
             elif isinstance(value, bytes):
                 total += len(value)
     return total
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of `Authorization: Bearer <key>`; None for any other header."""
+    scheme, _, key = (authorization or "").partition(" ")
+    return key.strip() or None if scheme.lower() == "bearer" else None
+
+
+def declared_size(request: Request) -> int:
+    """The body's size as its Content-Length says, for a request refused before reading it."""
+    declared = request.headers.get("content-length", "")
+    return int(declared) if _CONTENT_LENGTH.fullmatch(declared) else 0
 
 
 def forwarded_for(values: list[str]) -> str | None:
@@ -545,19 +557,18 @@ class Collector:
         headers = request.headers
         context = self.request_context(request)
         content_type = headers.get("content-type")
-        body, size = await self._read_body(request)
-        intake = Intake("/collect", content_type, context, body, size)
         keyed_site = None
         authorization = headers.get("authorization")
-        if authorization is not None:
-            scheme, _, key = authorization.partition(" ")
-            keyed_site = await self.sites.site_for_key(key.strip()) \
-                if scheme.lower() == "bearer" and key.strip() else None
+        if authorization is not None:  # the key is checked before the body is read
+            key = bearer_key(authorization)
+            keyed_site = await self.sites.site_for_key(key) if key else None
             if keyed_site is None:
                 return await self.reject_body(
-                    intake, 401, "invalid_write_key",
-                    "The Authorization header holds no valid write key (Bearer <key>); "
+                    Intake("/collect", content_type, context, b"", declared_size(request)), 401,
+                    "invalid_write_key", "The Authorization header holds no valid write key (Bearer <key>); "
                     "`pixelpipe site key SITE` makes one. Nothing was stored.")
+        body, size = await self._read_body(request)
+        intake = Intake("/collect", content_type, context, body, size)
         try:
             self.check_size(size, "send smaller batches")
             payload = decode_body(body, content_type, headers.get("content-encoding"), self.limits)
@@ -585,7 +596,7 @@ class Collector:
             return _json({"code": "not_found", "message": detail, "error": "not_found", "detail": detail}, 404)
         authorization = request.headers.get("authorization")
         outcome = await self._sdk(request, lambda payload: segment_batch(payload, call, authorization, self.limits),
-                                  keyed=True)
+                                  keyed=True, header_key=basic_auth_user(authorization))
         return _json(segment_answer(outcome.body(), outcome.status), outcome.status, outcome.headers())
 
     async def posthog(self, request: Request) -> Response:
@@ -602,16 +613,29 @@ class Collector:
 
     async def snowplow(self, request: Request) -> Response:
         """Snowplow trackers' POST; their GET is the pixel's /i."""
-        agent = request.headers.get("user-agent")
-        outcome = await self._sdk(request, lambda payload: tp2_batch(payload, agent, self.limits), keyed=False)
+        agent, authorization = request.headers.get("user-agent"), request.headers.get("authorization")
+        # Snowplow's protocol has no key; a sender for a site that requires one adds the header.
+        outcome = await self._sdk(request, lambda payload: tp2_batch(payload, agent, self.limits),
+                                  keyed=authorization is not None, header_key=bearer_key(authorization))
         return _json(outcome.body(), outcome.status, outcome.headers())
 
-    async def _sdk(self, request: Request, translate, *, keyed: bool, decode=None) -> Outcome:
+    async def _sdk(self, request: Request, translate, *, keyed: bool, decode=None,
+                   header_key: str | None = None) -> Outcome:
         """An SDK's request through the one intake path: read within the cap, decoded, translated,
         the write key checked (401 without a valid one), limited like /collect, then ingested.
-        `decode` turns the body as received into JSON text (default: inflate by Content-Encoding)."""
+        `decode` turns the body as received into JSON text (default: inflate by Content-Encoding).
+        A key in a header (`header_key`) is checked before the body is read; a key that only the
+        body holds (PostHog's api_key, Segment's writeKey) after it is decoded."""
         context = self.request_context(request)
         content_type = request.headers.get("content-type")
+        keyed_site = None
+        if keyed and header_key:
+            keyed_site = await self.sites.site_for_key(header_key)
+            if keyed_site is None:
+                return await self.reject_body(
+                    Intake(request.url.path, content_type, context, b"", declared_size(request)), 401,
+                    "invalid_write_key", "The write key in the Authorization header is no site's "
+                    "(`pixelpipe site key SITE` makes one). Nothing was stored.")
         body, size = await self._read_body(request)
         intake = Intake(request.url.path, content_type, context, body, size)
         try:
@@ -622,11 +646,11 @@ class Collector:
             batch = translate(payload)
         except BodyRejected as error:
             return await self.body_refused(intake, error)
-        limited = self.ip_limited(context, len(batch.events) + batch.payload_bytes // BODY_BYTES_PER_TOKEN)
+        # The first event's token was taken before the body (refuse_early).
+        limited = self.ip_limited(context, len(batch.events) - 1 + batch.payload_bytes // BODY_BYTES_PER_TOKEN)
         if limited is not None:
             return limited
-        keyed_site = None
-        if keyed:
+        if keyed and keyed_site is None:
             keyed_site = await self.sites.site_for_key(batch.write_key) if batch.write_key else None
             if keyed_site is None:
                 return await self.reject_body(
@@ -733,8 +757,9 @@ class _PixelFirst:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] == "/i" and scope["method"] in ("GET", "HEAD"):
             await self.collector.pixel(scope, receive, send)
-        elif scope["type"] == "http" and scope["path"] == "/collect" and scope["method"] == "POST":
-            # The request's first token is taken here, before Starlette and the body.
+        elif scope["type"] == "http" and scope["method"] == "POST":
+            # Every write route (/collect, the SDKs' and any added later): the request's first
+            # token is taken here, before Starlette, the body, inflating or parsing.
             if not await self.collector.refuse_early(scope, receive, send):
                 await self.app(scope, receive, send)
         else:

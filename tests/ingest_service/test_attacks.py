@@ -3,7 +3,9 @@ collector (in process, or `pixelpipe collector` where sockets and workers matter
 
 from __future__ import annotations
 
+import base64
 import gzip
+import socket
 import subprocess
 import sys
 import time
@@ -154,3 +156,42 @@ def test_the_readmes_curl_examples_are_stored_and_crawlers_still_are_not(collect
     assert backend.status_code == 200
     stored = db.execute("SELECT event_type, user_agent FROM events_log ORDER BY event_type").fetchall()
     assert stored == [("pageview", None), ("signup", None), ("signup", None)]  # no library's agent kept
+
+
+# --- 6. refused before the body is read ----------------------------------------------------------
+
+WRITE_ROUTES = ("/collect", "/v1/batch", "/v1/track", "/batch/", "/capture/", "/e/", "/i/v0/e/",
+                "/com.snowplowanalytics.snowplow/tp2")
+
+
+def answer_to_headers_alone(port: int, path: str, *headers: str) -> bytes:
+    """Send a request's headers, announcing a 1 MB body, and none of the body: a server that
+    answers has refused the request before reading its body (one that reads first never does)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = [f"POST {path} HTTP/1.1", "Host: collector", "Content-Type: application/json",
+                "Content-Length: 1000000", *headers]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)  # the 10 s timeout raises if no answer comes
+            assert chunk, "closed without an answer"
+            answer += chunk
+        return answer
+
+
+def test_every_write_route_refuses_before_reading_the_body(collector_process, db):
+    limited = collector_process(env={"PIXELPIPE_RATE_LIMIT_PER_IP": "1"})
+    httpx.post(f"{limited.url}/collect", json=[{"eventType": "x", "siteId": "s"}] * 20)  # into debt
+    for path in WRITE_ROUTES:  # the address is in debt now
+        answer = answer_to_headers_alone(limited.port, path)
+        assert answer.startswith(b"HTTP/1.1 429 "), (path, answer)
+
+    keyed = collector_process()
+    wrong = "ppk_" + "x" * 43
+    basic = base64.b64encode(f"{wrong}:".encode()).decode()
+    for path, authorization in (("/collect", f"Bearer {wrong}"), ("/v1/batch", f"Basic {basic}"),
+                                ("/com.snowplowanalytics.snowplow/tp2", f"Bearer {wrong}")):
+        answer = answer_to_headers_alone(keyed.port, path, f"Authorization: {authorization}")
+        assert answer.startswith(b"HTTP/1.1 401 ") and b"invalid_write_key" in answer, (path, answer)
+    assert [r.split(":")[0] for r in reasons(db)] == ["invalid_write_key"] * 3
+    assert db.execute("SELECT DISTINCT body_size FROM events_rejected").fetchall() == [(1000000,)]
