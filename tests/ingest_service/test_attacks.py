@@ -3,6 +3,7 @@ collector (in process, or `pixelpipe collector` where sockets and workers matter
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from ingest_service.admission import UNKNOWN_KEY_REFRESH_SECONDS
 from pixelpipe.core import sites
 from tests.ingest_service.conftest import make_client
 
@@ -195,3 +197,49 @@ def test_every_write_route_refuses_before_reading_the_body(collector_process, db
         assert answer.startswith(b"HTTP/1.1 401 ") and b"invalid_write_key" in answer, (path, answer)
     assert [r.split(":")[0] for r in reasons(db)] == ["invalid_write_key"] * 3
     assert db.execute("SELECT DISTINCT body_size FROM events_rejected").fetchall() == [(1000000,)]
+
+
+# --- 7. reload storms ------------------------------------------------------------------------------
+
+def worker_metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def settled(url: str, db) -> None:
+    """Wait until the worker has applied every change announced so far: one more change is
+    announced after them on the same channel, and applied in order."""
+    applied = worker_metric(url, "pixelpipe_site_changes_applied_total")
+    db.execute("INSERT INTO sites (site_id) VALUES (%s)", (f"sentinel-{time.monotonic_ns()}",))
+    deadline = time.monotonic() + 10
+    while worker_metric(url, "pixelpipe_site_changes_applied_total") == applied:
+        assert time.monotonic() < deadline, "the sentinel change was not applied"
+
+
+def test_unknown_key_storms_and_sites_past_the_cap_cost_one_reload_at_most(collector_process, db):
+    # Enough sites that a reload takes a while (tens of ms), as on a large installation: the
+    # storm's requests then find the cache stale together.
+    db.execute("INSERT INTO sites (site_id, write_key_sha256) SELECT 'site-' || n, md5(n::text) "
+               "FROM generate_series(1, 100000) n")
+    collector = collector_process(env={"PIXELPIPE_NEW_SITES_PER_HOUR": "1"})
+    settled(collector.url, db)
+    before = worker_metric(collector.url, "pixelpipe_site_reloads_total")
+    time.sleep(UNKNOWN_KEY_REFRESH_SECONDS)  # the cache's age at which an unknown key may reload it
+
+    async def storm():
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200), timeout=30) as client:
+            return await asyncio.gather(*(
+                client.post(f"{collector.url}/collect", json={"eventType": "x"},
+                            headers={"authorization": f"Bearer ppk_unknown{n:039d}"}) for n in range(200)))
+
+    answers = asyncio.run(storm())
+    assert {a.status_code for a in answers} == {401}
+    past_cap = [httpx.post(f"{collector.url}/collect", json={"eventType": "x", "siteId": f"new-{n}"})
+                for n in range(20)]
+    assert [a.status_code for a in past_cap] == [200] + [400] * 19
+    assert {a.json()["error"] for a in past_cap[1:]} == {"new_site_limit"}
+    settled(collector.url, db)
+    reloads = worker_metric(collector.url, "pixelpipe_site_reloads_total") - before
+    assert reloads <= 2  # the storm's one (and perhaps the periodic one), none for each key or site
