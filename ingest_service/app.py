@@ -83,6 +83,10 @@ URL_COLUMN = EVENT_COLUMNS.index("url")
 VISITOR_COLUMN = EVENT_COLUMNS.index("visitor_id")
 SESSION_COLUMN = EVENT_COLUMNS.index("session_id")
 USER_AGENT_COLUMN = EVENT_COLUMNS.index("user_agent")
+IP_COLUMN = EVENT_COLUMNS.index("ip_address")
+RAW_COLUMN = EVENT_COLUMNS.index("raw_event_data")
+# A cookieless event's own ids, left out of its raw_event_data (a client may send them anyway).
+CLIENT_IDS = ("visitorId", "sessionId")
 # What one request may make us store, as text (docs/security.md): twice its (inflated) body,
 # plus a fixed allowance, plus a per-row allowance for ids, timestamps and the capped user agent.
 STORE_BUDGET_FIXED = 64 * 1024
@@ -358,13 +362,19 @@ class Collector:
 
     async def _cookieless_visitors(self, rows: list[tuple], positions: list[int],
                                    context: RequestContext) -> list[tuple]:
-        """Rows sent without browser storage get today's keyed-hash visitor id and no session."""
+        """Rows sent without browser storage get today's keyed-hash visitor id, no session, no
+        address, and none of the client's own ids in raw_event_data: nothing stored links them
+        to another day's rows (docs/tracker.md). The user agent stays (see there why)."""
         salt = await self.salts.salt(context.received_at.date())
         for position in positions:
             row = list(rows[position])
             row[VISITOR_COLUMN] = cookieless_visitor_id(salt, row[SITE_COLUMN], context.client_ip,
                                                         row[USER_AGENT_COLUMN])
             row[SESSION_COLUMN] = None
+            row[IP_COLUMN] = None
+            raw = orjson.loads(row[RAW_COLUMN])
+            if any(name in raw for name in CLIENT_IDS):
+                row[RAW_COLUMN] = orjson.dumps({k: v for k, v in raw.items() if k not in CLIENT_IDS}).decode()
             rows[position] = tuple(row)
         return rows
 

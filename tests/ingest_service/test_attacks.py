@@ -243,3 +243,21 @@ def test_unknown_key_storms_and_sites_past_the_cap_cost_one_reload_at_most(colle
     settled(collector.url, db)
     reloads = worker_metric(collector.url, "pixelpipe_site_reloads_total") - before
     assert reloads <= 2  # the storm's one (and perhaps the periodic one), none for each key or site
+
+
+# --- 10. cookieless stores nothing that links days -------------------------------------------------
+
+def test_a_cookieless_event_keeps_no_address_and_none_of_the_clients_own_ids(collector_process, db):
+    collector = collector_process()
+    agent = "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0"
+    event = {"eventType": "pageview", "siteId": "s", "url": "https://s.example/", "visitorId": "v-mine",
+             "sessionId": "s-mine", "plan": "pro"}
+    for body in ({"eventType": "batch", "cookieless": True, "events": [event]}, event):
+        answer = httpx.post(f"{collector.url}/collect", json=body, headers={"user-agent": agent})
+        assert answer.status_code == 200, answer.text
+    rows = db.execute("SELECT visitor_id, session_id, host(ip_address), user_agent, raw_event_data "
+                      "FROM events_log ORDER BY visitor_id LIKE 'cl-%' DESC").fetchall()
+    (visitor, session, ip, user_agent, raw), plain = rows
+    assert visitor.startswith("cl-") and session is None and ip is None and user_agent == agent
+    assert raw == {"eventType": "pageview", "siteId": "s", "url": "https://s.example/", "plan": "pro"}
+    assert plain[:3] == ("v-mine", "s-mine", "127.0.0.1")  # without cookieless, all of it is kept
