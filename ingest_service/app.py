@@ -26,7 +26,7 @@ import psycopg
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -577,7 +577,11 @@ class Collector:
                     Intake("/collect", content_type, context, b"", declared_size(request)), 401,
                     "invalid_write_key", "The Authorization header holds no valid write key (Bearer <key>); "
                     "`pixelpipe site key SITE` makes one. Nothing was stored.")
-        body, size = await self._read_body(request)
+        try:
+            body, size = await self._read_body(request)
+        except BodyRejected as error:
+            return await self.body_refused(Intake("/collect", content_type, context, b"",
+                                                  declared_size(request)), error)
         intake = Intake("/collect", content_type, context, body, size)
         try:
             self.check_size(size, "send smaller batches")
@@ -646,7 +650,11 @@ class Collector:
                     Intake(request.url.path, content_type, context, b"", declared_size(request)), 401,
                     "invalid_write_key", "The write key in the Authorization header is no site's "
                     "(`pixelpipe site key SITE` makes one). Nothing was stored.")
-        body, size = await self._read_body(request)
+        try:
+            body, size = await self._read_body(request)
+        except BodyRejected as error:
+            return await self.body_refused(Intake(request.url.path, content_type, context, b"",
+                                                  declared_size(request)), error)
         intake = Intake(request.url.path, content_type, context, body, size)
         try:
             self.check_size(size, "lower the SDK's batch size")
@@ -683,18 +691,23 @@ class Collector:
             or await self.reject_body(intake, error.status, error.code, error.detail)
 
     async def _read_body(self, request: Request) -> tuple[bytes, int]:
-        """Read at most the cap (plus one chunk to tell it was exceeded); return (body, size)."""
+        """Read at most the cap (plus one chunk to tell it was exceeded); return (body, size).
+        BodyRejected when the client is gone before the end."""
         cap = self.limits.max_body_bytes
         declared = request.headers.get("content-length", "")
         if _CONTENT_LENGTH.fullmatch(declared) and int(declared) > cap:
             return b"", int(declared)
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                chunks.append(chunk[: max(0, self.settings.dead_letter_body_cap - (size - len(chunk)))])
-                return b"".join(chunks), size
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    chunks.append(chunk[: max(0, self.settings.dead_letter_body_cap - (size - len(chunk)))])
+                    return b"".join(chunks), size
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone, or closed by the body timeout (http_limits.py)
+            raise BodyRejected(408, "body_incomplete", f"The client sent {size} bytes of its body and "
+                               "no more in time (PIXELPIPE_BODY_TIMEOUT_SECONDS).") from None
         return b"".join(chunks), size
 
     async def tracker(self, request: Request) -> Response:

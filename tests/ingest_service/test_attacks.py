@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import orjson
 
 from ingest_service.admission import UNKNOWN_KEY_REFRESH_SECONDS
@@ -261,3 +262,51 @@ def test_a_cookieless_event_keeps_no_address_and_none_of_the_clients_own_ids(col
     assert visitor.startswith("cl-") and session is None and ip is None and user_agent == agent
     assert raw == {"eventType": "pageview", "siteId": "s", "url": "https://s.example/", "plan": "pro"}
     assert plain[:3] == ("v-mine", "s-mine", "127.0.0.1")  # without cookieless, all of it is kept
+
+
+# --- 9. slow and idle connections ------------------------------------------------------------------
+
+def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> tuple[bytes, float]:
+    """Wait for the server to close the connection, sending one byte of `trickle` whenever it
+    stays quiet for 0.2 s (a slowloris). Returns what the server sent and when it closed."""
+    started, received = time.monotonic(), b""
+    sock.settimeout(0.2)
+    while time.monotonic() - started < seconds:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            if trickle:
+                sock.sendall(trickle[:1])
+                trickle = trickle[1:]
+            continue
+        except ConnectionResetError:
+            return received, time.monotonic() - started
+        if not chunk:
+            return received, time.monotonic() - started
+        received += chunk
+    raise AssertionError(f"still open after {seconds} s; received {received!r}")
+
+
+def test_slow_and_idle_connections_are_closed(collector_process, db):
+    collector = collector_process(env={"PIXELPIPE_HEADER_TIMEOUT_SECONDS": "1",
+                                       "PIXELPIPE_BODY_TIMEOUT_SECONDS": "1",
+                                       "PIXELPIPE_KEEPALIVE_TIMEOUT_SECONDS": "1"})
+    address = ("127.0.0.1", collector.port)
+    with socket.create_connection(address) as idle, socket.create_connection(address) as slow_headers, \
+            socket.create_connection(address) as slow_body, socket.create_connection(address) as kept_alive:
+        slow_headers.sendall(b"GET /healthz HTTP/1.1\r\n")
+        slow_body.sendall(b"POST /collect HTTP/1.1\r\nHost: c\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100\r\n\r\n{")
+        kept_alive.sendall(b"GET /healthz HTTP/1.1\r\nHost: c\r\n\r\n")
+        assert closed_within(idle, 10) == (b"", pytest.approx(1, abs=0.9))
+        answer, _ = closed_within(slow_headers, 10, trickle=b"X-Slow: " + b"a" * 200)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"request_timeout" in answer
+        answer, _ = closed_within(slow_body, 10, trickle=b'"eventType": "x"')
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        answer, _ = closed_within(kept_alive, 10)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    deadline = time.monotonic() + 10  # the app learns the client is gone, then dead-letters
+    while not reasons(db):
+        assert time.monotonic() < deadline, "the slow body left no dead letter"
+    assert [r.split(":")[0] for r in reasons(db)] == ["body_incomplete"]
+    assert httpx.get(f"{collector.url}/healthz").status_code == 200  # and the worker serves on
