@@ -47,7 +47,6 @@ from ingest_service.events import (
 )
 from ingest_service.metrics import CollectorMetrics
 from ingest_service.openapi import OPENAPI
-from ingest_service.sdks import SdkBatch
 from ingest_service.sdks.posthog import capture_answer, capture_batch, decode_payload
 from ingest_service.sdks.segment import CALLS as SEGMENT_CALLS
 from ingest_service.sdks.segment import SHORT_CALLS as SEGMENT_SHORT_CALLS

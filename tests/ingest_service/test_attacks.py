@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 import orjson
+import pytest
 
 from ingest_service.admission import UNKNOWN_KEY_REFRESH_SECONDS
 from pixelpipe.core import sites
