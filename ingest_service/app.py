@@ -626,10 +626,10 @@ class Collector:
 
     async def snowplow(self, request: Request) -> Response:
         """Snowplow trackers' POST; their GET is the pixel's /i."""
-        agent, authorization = request.headers.get("user-agent"), request.headers.get("authorization")
-        # Snowplow's protocol has no key; a sender for a site that requires one adds the header.
+        agent, key = request.headers.get("user-agent"), bearer_key(request.headers.get("authorization"))
+        # Snowplow's protocol has no key; a sender for a site that requires one adds a Bearer header.
         outcome = await self._sdk(request, lambda payload: tp2_batch(payload, agent, self.limits),
-                                  keyed=authorization is not None, header_key=bearer_key(authorization))
+                                  keyed=key is not None, header_key=key)
         return _json(outcome.body(), outcome.status, outcome.headers())
 
     async def _sdk(self, request: Request, translate, *, keyed: bool, decode=None,
