@@ -115,7 +115,7 @@ def hostile_requests(kinds: tuple[int, ...]):
 
     sdk_inflating = gzip.compress(orjson.dumps({"batch": [{"type": "track", "event": "e", "userId": "u",
                                                             "pad": "p" * 1000}] * 950}))
-    sdk_floods = itertools.cycle((("/v1/batch", b"Authorization: Basic cHBrX3g6\r\n"), ("/batch/", b""),
+    sdk_floods = itertools.cycle((("/v1/batch", b""), ("/batch/", b""),
                                   ("/e/", b""), ("/com.snowplowanalytics.snowplow/tp2", b"")))
 
     def post(body: bytes, extra: bytes = b"", path: bytes = b"/collect") -> bytes:
