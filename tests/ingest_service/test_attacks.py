@@ -175,11 +175,16 @@ def answer_to_headers_alone(port: int, path: str, *headers: str) -> bytes:
                 "Content-Length: 1000000", *headers]
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
         answer = b""
-        while b"\r\n\r\n" not in answer:
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < body_length(answer):
             chunk = sock.recv(65536)  # the 10 s timeout raises if no answer comes
             assert chunk, "closed without an answer"
             answer += chunk
         return answer
+
+
+def body_length(answer: bytes) -> int:
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    return int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]) if b"content-length:" in head else 0
 
 
 def test_every_write_route_refuses_before_reading_the_body(collector_process, db):
