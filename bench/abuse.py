@@ -7,6 +7,12 @@
              botnet, every request from a new address (so the per-IP limit never helps), sending
              oversized headers, gzip bombs, poison rows, a stream of new site ids and envelopes
              whose url would be copied into every row
+             sdk floods: 16 more fixed addresses post 1 MB-inflating gzip batches to the SDK routes
+             (/v1/batch, /batch/, /e/, Snowplow tp2) past the per-IP rate (refused before the body)
+             unknown-key storms: botnet requests with a new made-up write key each (Bearer on
+             /collect, basic auth on /v1/batch): 401, and at most one reload of `sites` a second
+             slowloris: 256 botnet connections sending their headers a byte a second (closed after
+             PIXELPIPE_HEADER_TIMEOUT_SECONDS, then opened again)
 
 Targets (docs/benchmarks.md): the valid traffic keeps >= 0.95x its rate alone, p99 < 50 ms and
 no non-2xx; the database grows by at most 2 bytes per hostile byte received (the valid rows'
@@ -20,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import functools
 import gzip
 import itertools
 import multiprocessing
@@ -41,7 +49,11 @@ from pixelpipe.process import free_port  # noqa: E402
 
 VALID_ADDRESSES = [f"127.1.{n // 200}.{n % 200 + 1}" for n in range(256)]
 OVER_LIMIT_ADDRESSES = [f"127.2.0.{n}" for n in range(1, 17)]
+SDK_FLOOD_ADDRESSES = [f"127.2.1.{n}" for n in range(1, 17)]
 BOTNET_CONNECTIONS = 48
+SLOWLORIS_CONNECTIONS = 256
+# Kinds of hostile request (hostile_requests); each engineer's own numbers, to merge cleanly.
+SDK_FLOOD, UNKNOWN_KEY = 10, 11
 
 
 async def _exchange(reader, writer, request: bytes) -> int:
@@ -95,16 +107,28 @@ async def _valid_traffic(port: int, rate: int, seconds: float) -> dict:
             "non2xx": sum(n for s, n in statuses.items() if not 200 <= s < 300), "statuses": statuses}
 
 
-def hostile_requests(kinds: tuple[int, ...]):
-    """Hostile requests of the given kinds, round robin, forever: (bytes, kind)."""
+@functools.cache
+def _bodies() -> tuple[bytes, bytes, bytes, bytes]:
+    """The costly bodies, compressed once per process: compressing them for each connection
+    kept the hostile client's event loop busy for seconds at the start of the flood."""
     bomb = gzip.compress(b'{"eventType": "x", "siteId": "bomb", "pad": "' + b"a" * 4_000_000 + b'"}')
     amplifier = gzip.compress(orjson.dumps({"eventType": "batch", "siteId": "amp", "url": "https://a.example/"
                                             + "x" * 60_000, "events": [{"eventType": "e"}] * 1000}))
     big_batch = orjson.dumps([{"eventType": "click", "siteId": "flood", "n": n} for n in range(1000)])
+    sdk_inflating = gzip.compress(orjson.dumps({"batch": [{"type": "track", "event": "e", "userId": "u",
+                                                            "pad": "p" * 1000}] * 950}))
+    return bomb, amplifier, big_batch, sdk_inflating
 
-    def post(body: bytes, extra: bytes = b"") -> bytes:
-        return (b"POST /collect HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n%s\r\n" % (len(body), extra)) + body
+
+def hostile_requests(kinds: tuple[int, ...]):
+    """Hostile requests of the given kinds, round robin, forever: (bytes, kind)."""
+    bomb, amplifier, big_batch, sdk_inflating = _bodies()
+    sdk_floods = itertools.cycle((("/v1/batch", b""), ("/batch/", b""),
+                                  ("/e/", b""), ("/com.snowplowanalytics.snowplow/tp2", b"")))
+
+    def post(body: bytes, extra: bytes = b"", path: bytes = b"/collect") -> bytes:
+        return (b"POST %s HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n%s\r\n" % (path, len(body), extra)) + body
 
     for n in itertools.count():
         kind = kinds[n % len(kinds)]
@@ -120,6 +144,16 @@ def hostile_requests(kinds: tuple[int, ...]):
             yield (b"GET /i?eventType=x&siteId=new-%d-%d HTTP/1.1\r\nHost: collector\r\n\r\n" % (os.getpid(), n)), "new_site"
         elif kind == 4:
             yield post(big_batch), "over_rate"
+        elif kind == SDK_FLOOD:
+            path, extra = next(sdk_floods)
+            yield post(sdk_inflating, b"Content-Encoding: gzip\r\n" + extra, path.encode()), "sdk_flood"
+        elif kind == UNKNOWN_KEY:
+            key = b"ppk_%043d" % (os.getpid() * 10**9 + n)
+            if n % 2:
+                yield post(b'{"eventType": "x"}', b"Authorization: Bearer %s\r\n" % key), "unknown_key"
+            else:
+                yield post(b'{"batch": []}', b"Authorization: Basic %s\r\n" % base64.b64encode(key + b":"),
+                           b"/v1/batch"), "unknown_key"
         else:
             yield post(amplifier, b"Content-Encoding: gzip\r\n"), "amplifier"
 
@@ -128,6 +162,7 @@ def _hostile_process(port: int, seconds: float, niceness: int, results) -> None:
     os.nice(niceness)
 
     async def run() -> dict:
+        _bodies()  # before the clock starts
         sent = 0
         counts: dict[str, dict[int, int]] = {}
         deadline = time.perf_counter() + seconds
@@ -155,10 +190,38 @@ def _hostile_process(port: int, seconds: float, niceness: int, results) -> None:
             if writer is not None:
                 writer.close()
 
+        async def slowloris(addresses) -> None:
+            """Headers a byte a second, for as long as the server keeps the connection; counted
+            by how it ended: the server's 408 or close, or still open when the run ended."""
+            head = b"GET /i?eventType=x&siteId=s HTTP/1.1\r\nHost: collector\r\nX-Slow: " + b"s" * 10_000
+            counts.setdefault("slowloris", {})
+            while time.perf_counter() < deadline:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(next(addresses), 0))
+                ended = "open at the end"
+                try:
+                    for byte in head:
+                        if time.perf_counter() >= deadline:
+                            break
+                        writer.write(bytes((byte,)))
+                        await writer.drain()
+                        try:
+                            answer = await asyncio.wait_for(reader.read(65536), 1.0)
+                        except TimeoutError:
+                            continue
+                        ended = "answered 408" if answer.startswith(b"HTTP/1.1 408") else "closed"
+                        break
+                except (OSError, asyncio.IncompleteReadError):
+                    ended = "closed"
+                finally:
+                    writer.close()
+                counts["slowloris"][ended] = counts["slowloris"].get(ended, 0) + 1
+
         botnet = (f"127.3.{n // 250}.{n % 250 + 1}" for n in itertools.cycle(range(60_000)))
         await asyncio.gather(
             *(connection(itertools.repeat(a), (4,), False) for a in OVER_LIMIT_ADDRESSES),
-            *(connection(botnet, (0, 1, 2, 3, 5), True) for _ in range(BOTNET_CONNECTIONS)))
+            *(connection(itertools.repeat(a), (SDK_FLOOD,), False) for a in SDK_FLOOD_ADDRESSES),
+            *(connection(botnet, (0, 1, 2, 3, 5, UNKNOWN_KEY), True) for _ in range(BOTNET_CONNECTIONS)),
+            *(slowloris(botnet) for _ in range(SLOWLORIS_CONNECTIONS)))
         return {"bytes": sent, "counts": counts}
 
     results.put(asyncio.run(run()))
@@ -264,7 +327,8 @@ def main() -> None:
           f"non-2xx {alone['non2xx']}")
     print(f"valid flooded : {flooded['rps']:>8,.0f} req/s  p50 {flooded['p50']:.1f} ms  p99 {flooded['p99']:.1f} ms  "
           f"non-2xx {flooded['non2xx']}")
-    print(f"hostile       : {flood['bytes'] / 2**20:,.1f} MiB sent over 64 connections; answers per kind: "
+    print(f"hostile       : {flood['bytes'] / 2**20:,.1f} MiB sent over {16 + 16 + BOTNET_CONNECTIONS} "
+          f"connections and {SLOWLORIS_CONNECTIONS} slow ones; answers per kind: "
           + "; ".join(f"{kind} {dict(sorted(c.items()))}" for kind, c in sorted(flood["counts"].items())))
     print(f"database      : grew {growth / 2**20:,.2f} MiB, of which valid rows {valid_share / 2**20:,.2f} MiB "
           f"({valid_row_bytes:,.0f} B/row); hostile: {hostile_growth / max(1, flood['bytes']):.3f} bytes per "

@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import orjson
 import psycopg
 
 from ingest_service.events import EventRejected, page_host
@@ -29,6 +30,29 @@ UNKNOWN_KEY_REFRESH_SECONDS = 1.0
 class SiteRule:
     allowed: bool
     allowed_hosts: tuple[str, ...] | None  # None: any host
+    require_key: bool = False
+
+    @property
+    def open(self) -> bool:
+        """Anyone may send for it: the usual case, decided without looking at the request."""
+        return self.allowed and self.allowed_hosts is None and not self.require_key
+
+
+_SITE_COLUMNS = "SELECT site_id, allowed, allowed_hosts, write_key_sha256, require_key FROM sites"
+
+
+def _rule(row: tuple) -> SiteRule:
+    _, allowed, hosts, _, require_key = row
+    return SiteRule(allowed, tuple(h.lower() for h in hosts) if hosts else None, require_key)
+
+
+def _announced_ids(payload: str) -> list[str] | None:
+    """The site ids a change announced; None: reload everything."""
+    try:
+        ids = orjson.loads(payload) if payload else None
+    except orjson.JSONDecodeError:
+        return None
+    return [str(i) for i in ids] if isinstance(ids, list) else None
 
 
 def host_allowed(host: str | None, allowed_hosts: tuple[str, ...]) -> bool:
@@ -39,16 +63,18 @@ def host_allowed(host: str | None, allowed_hosts: tuple[str, ...]) -> bool:
 class SiteDirectory:
     """The collector's cached view of `sites`, and the admission of unseen sites."""
 
-    def __init__(self, database_url: str, policy: str, new_sites_per_hour: int):
+    def __init__(self, database_url: str, policy: str, new_sites_per_hour: int, metrics=None):
         self.database_url = database_url
         self.policy = policy
         self.new_sites_per_hour = new_sites_per_hour
+        self.metrics = metrics
         self.sites: dict[str, SiteRule] = {}
         self.keys: dict[str, str] = {}  # write key hash -> site_id
+        self._key_of: dict[str, str] = {}  # site_id -> write key hash
         self._over_cap: tuple[int, frozenset[str]] = (-1, frozenset())  # (hour, refused ids)
         self._conn: psycopg.AsyncConnection | None = None
         self._lock = asyncio.Lock()
-        self._last_refresh = 0.0
+        self._last_refresh = -math.inf
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
@@ -56,22 +82,56 @@ class SiteDirectory:
                 self.database_url, connect_timeout=2, autocommit=True)
         return self._conn
 
-    async def refresh(self) -> bool:
-        """Reload the table; keep the last copy when the database cannot be reached."""
+    async def _query(self, text: str, params=None) -> list[tuple] | None:
+        try:
+            conn = await self._connection()
+            cursor = await conn.execute(text, params)
+            return await cursor.fetchall()
+        except psycopg.Error:
+            if self._conn is not None:
+                await self._conn.close()
+            return None
+
+    async def refresh(self, unless_newer_than: float | None = None) -> bool:
+        """Reload the table; keep the last copy when the database cannot be reached.
+
+        With `unless_newer_than`, a copy loaded that many seconds ago or less is kept, decided
+        inside the lock: a burst of callers that all found it stale waits for one reload."""
         async with self._lock:
-            try:
-                conn = await self._connection()
-                cursor = await conn.execute(
-                    "SELECT site_id, allowed, allowed_hosts, write_key_sha256 FROM sites")
-                rows = await cursor.fetchall()
-            except psycopg.Error:
-                if self._conn is not None:
-                    await self._conn.close()
+            if unless_newer_than is not None and time.monotonic() - self._last_refresh <= unless_newer_than:
+                return True
+            rows = await self._query(_SITE_COLUMNS)
+            if rows is None:
                 return False
             self._last_refresh = time.monotonic()
-        self.sites = {site: SiteRule(allowed, tuple(h.lower() for h in hosts) if hosts else None)
-                      for site, allowed, hosts, _ in rows}
-        self.keys = {key: site for site, _, _, key in rows if key}
+            if self.metrics is not None:
+                self.metrics.site_reloads_full += 1
+            self.sites = {row[0]: _rule(row) for row in rows}
+            self._key_of = {row[0]: row[3] for row in rows if row[3]}
+            self.keys = {key: site for site, key in self._key_of.items()}
+        return True
+
+    async def reload_sites(self, site_ids: list[str]) -> bool:
+        """Reload only these rows (a change announced with its ids); a deleted site is forgotten."""
+        async with self._lock:
+            rows = await self._query(_SITE_COLUMNS + " WHERE site_id = ANY(%s)", (site_ids,))
+            if rows is None:
+                return False
+            if self.metrics is not None:
+                self.metrics.site_reloads_changed += 1
+            found = {row[0]: row for row in rows}
+            for site in site_ids:
+                old_key = self._key_of.pop(site, None)
+                if old_key is not None and self.keys.get(old_key) == site:
+                    del self.keys[old_key]
+                row = found.get(site)
+                if row is None:
+                    self.sites.pop(site, None)
+                    continue
+                self.sites[site] = _rule(row)
+                if row[3]:
+                    self._key_of[site] = row[3]
+                    self.keys[row[3]] = site
         return True
 
     async def keep_fresh(self) -> None:
@@ -83,21 +143,26 @@ class SiteDirectory:
         digest = write_key_hash(key)
         site = self.keys.get(digest)
         if site is None and time.monotonic() - self._last_refresh > UNKNOWN_KEY_REFRESH_SECONDS:
-            await self.refresh()
+            await self.refresh(unless_newer_than=UNKNOWN_KEY_REFRESH_SECONDS)
             site = self.keys.get(digest)
         return site
 
     async def follow_changes(self) -> None:
-        """Reload whenever `sites` changes (sql/013_sites_notify.sql announces it), so a new key
-        or a blocked site takes effect at once rather than at the next periodic refresh."""
+        """Apply every change to `sites` as it is announced (sql/014_site_keys_and_changes.sql:
+        the ids that changed), so a new key or a blocked site takes effect at once rather than
+        at the next periodic refresh, and a change costs a reload of its rows, not of the table."""
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
                         self.database_url, connect_timeout=2, autocommit=True) as conn:
                     await conn.execute("LISTEN pixelpipe_sites")
                     await self.refresh()  # what changed while we were not listening
-                    async for _ in conn.notifies():
-                        await self.refresh()
+                    async for notice in conn.notifies():
+                        site_ids = _announced_ids(notice.payload)
+                        if site_ids is None:
+                            await self.refresh(unless_newer_than=0)
+                        else:
+                            await self.reload_sites(site_ids)
             except psycopg.Error:
                 await asyncio.sleep(SITES_REFRESH_SECONDS)  # keep_fresh covers the gap
 
@@ -135,6 +200,9 @@ class SiteDirectory:
     def check(self, site: str, url: str | None, origin: str | None, referer: str | None,
               keyed_site: str | None) -> None:
         """EventRejected unless this (known or just admitted) site may send this event."""
+        if keyed_site is not None and site != keyed_site:
+            raise EventRejected("key_for_another_site", f"The write key is site {keyed_site!r}'s; a key "
+                                f"writes only its own site's events, not {site!r}'s.")
         rule = self.sites.get(site)
         if rule is None:
             if self.policy == "allowlist":
@@ -145,14 +213,22 @@ class SiteDirectory:
                                 "(PIXELPIPE_NEW_SITES_PER_HOUR).")
         if not rule.allowed:
             raise EventRejected("site_not_allowed", f"Site {site!r} is not allowed (sites.allowed = false).")
-        if rule.allowed_hosts is None or site == keyed_site:
+        if rule.require_key and keyed_site is None:
+            raise EventRejected("write_key_required", f"Site {site!r} takes events only with its write key "
+                                "(sites.require_key; `pixelpipe site set SITE --no-require-key` lifts it).")
+        if rule.allowed_hosts is None:
+            return
+        if site == keyed_site and origin is None and referer is None:
+            # A server-side sender with the key. A browser's request (it names its page in Origin
+            # or Referer) must come from the site's hosts even with the key: the key is in the
+            # site's pages (posthog-js, analytics.js), so any page can copy it.
             return
         hosts = [page_host(u) for u in (url, origin, referer) if u]
         if not hosts or not all(host_allowed(h, rule.allowed_hosts) for h in hosts):
             raise EventRejected(
                 "host_not_allowed",
                 f"Site {site!r} accepts events only from pages on {', '.join(rule.allowed_hosts)} "
-                "(sites.allowed_hosts), or with its write key.")
+                "(sites.allowed_hosts), or server-side with its write key.")
 
 
 class TokenBuckets:

@@ -26,7 +26,7 @@ import psycopg
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -47,11 +47,10 @@ from ingest_service.events import (
 )
 from ingest_service.metrics import CollectorMetrics
 from ingest_service.openapi import OPENAPI
-from ingest_service.sdks import SdkBatch
 from ingest_service.sdks.posthog import capture_answer, capture_batch, decode_payload
 from ingest_service.sdks.segment import CALLS as SEGMENT_CALLS
 from ingest_service.sdks.segment import SHORT_CALLS as SEGMENT_SHORT_CALLS
-from ingest_service.sdks.segment import segment_answer, segment_batch
+from ingest_service.sdks.segment import basic_auth_user, segment_answer, segment_batch
 from ingest_service.sdks.snowplow import is_tracker_query, tp2_batch, tracker_event
 from ingest_service.visitors import (
     NEW_AGENTS_PER_REQUEST,
@@ -59,6 +58,7 @@ from ingest_service.visitors import (
     classify,
     cookieless_visitor_id,
     known_verdict,
+    stands_for_visitor,
 )
 from ingest_service.writer import EventWriter, Overloaded, Unavailable
 from pixelpipe.core.settings import Settings
@@ -82,6 +82,10 @@ URL_COLUMN = EVENT_COLUMNS.index("url")
 VISITOR_COLUMN = EVENT_COLUMNS.index("visitor_id")
 SESSION_COLUMN = EVENT_COLUMNS.index("session_id")
 USER_AGENT_COLUMN = EVENT_COLUMNS.index("user_agent")
+IP_COLUMN = EVENT_COLUMNS.index("ip_address")
+RAW_COLUMN = EVENT_COLUMNS.index("raw_event_data")
+# A cookieless event's own ids, left out of its raw_event_data (a client may send them anyway).
+CLIENT_IDS = ("visitorId", "sessionId")
 # What one request may make us store, as text (docs/security.md): twice its (inflated) body,
 # plus a fixed allowance, plus a per-row allowance for ids, timestamps and the capped user agent.
 STORE_BUDGET_FIXED = 64 * 1024
@@ -95,6 +99,10 @@ READINESS_TTL_SECONDS = 1.0
 BODY_BYTES_PER_TOKEN = 16 * 1024
 FLOOD_SUMMARY_SECONDS = 60
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,20}")
+# A write key as `pixelpipe site key` makes them (pixelpipe.core.sites): removed from whatever a
+# dead letter keeps, wherever in the body it was. A fixed prefix and a bounded class: linear.
+WRITE_KEY = re.compile(rb"ppk_[A-Za-z0-9_-]{43}")
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
@@ -115,6 +123,18 @@ def stored_text_bytes(rows: list[tuple], rejects: list[tuple]) -> int:
             elif isinstance(value, bytes):
                 total += len(value)
     return total
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of `Authorization: Bearer <key>`; None for any other header."""
+    scheme, _, key = (authorization or "").partition(" ")
+    return key.strip() or None if scheme.lower() == "bearer" else None
+
+
+def declared_size(request: Request) -> int:
+    """The body's size as its Content-Length says, for a request refused before reading it."""
+    declared = request.headers.get("content-length", "")
+    return int(declared) if _CONTENT_LENGTH.fullmatch(declared) else 0
 
 
 def forwarded_for(values: list[str]) -> str | None:
@@ -202,7 +222,7 @@ class Collector:
             queue_max_rows=settings.queue_max_rows,
             flushers=settings.flush_connections,
         )
-        self.sites = SiteDirectory(database_url, settings.site_policy, settings.new_sites_per_hour)
+        self.sites = SiteDirectory(database_url, settings.site_policy, settings.new_sites_per_hour, self.metrics)
         self.ip_limits = TokenBuckets(settings.rate_limit_per_ip)
         self.site_limits = TokenBuckets(settings.rate_limit_per_site)
         self.flood = FloodTally()
@@ -223,6 +243,8 @@ class Collector:
         ip = client_ip(peer, forwarded, self.trusted)
         if ip and self.settings.anonymize_ip:
             ip = anonymize_ip(ip)
+        if user_agent and not stands_for_visitor(user_agent):
+            user_agent = None  # a program's request: its agent is neither stored nor checked for bots
         return RequestContext(datetime.now(UTC), ip, user_agent[:USER_AGENT_MAX] if user_agent else None,
                               referer[:URL_MAX] if referer else None, origin[:URL_MAX] if origin else None)
 
@@ -232,9 +254,13 @@ class Collector:
         size and SHA-256 of all of it."""
         raw = intake.body if raw is None else raw
         content_type = intake.content_type[:CONTENT_TYPE_MAX] if intake.content_type else None
+        kept = raw[:self.settings.dead_letter_body_cap]
+        if raw[:2] == GZIP_MAGIC:
+            kept = b""  # not inflated (it was refused): a write key inside could not be removed
+        elif b"ppk_" in kept:
+            kept = WRITE_KEY.sub(b"ppk_[removed]", kept)
         return (reason[:REASON_MAX], intake.endpoint, content_type, intake.context.client_ip,
-                min(len(raw) if size is None else size, 2**62),
-                raw[:self.settings.dead_letter_body_cap], hashlib.sha256(raw).hexdigest())
+                min(len(raw) if size is None else size, 2**62), kept, hashlib.sha256(raw).hexdigest())
 
     def refused(self, status: int, code: str, detail: str, events: int = 0,
                 retry_after: int | None = None) -> Outcome:
@@ -335,20 +361,27 @@ class Collector:
 
     async def _cookieless_visitors(self, rows: list[tuple], positions: list[int],
                                    context: RequestContext) -> list[tuple]:
-        """Rows sent without browser storage get today's keyed-hash visitor id and no session."""
+        """Rows sent without browser storage get today's keyed-hash visitor id, no session, no
+        address, and none of the client's own ids in raw_event_data: nothing stored links them
+        to another day's rows (docs/tracker.md). The user agent stays (see there why)."""
         salt = await self.salts.salt(context.received_at.date())
         for position in positions:
             row = list(rows[position])
             row[VISITOR_COLUMN] = cookieless_visitor_id(salt, row[SITE_COLUMN], context.client_ip,
                                                         row[USER_AGENT_COLUMN])
             row[SESSION_COLUMN] = None
+            row[IP_COLUMN] = None
+            raw = orjson.loads(row[RAW_COLUMN])
+            if any(name in raw for name in CLIENT_IDS):
+                row[RAW_COLUMN] = orjson.dumps({k: v for k, v in raw.items() if k not in CLIENT_IDS}).decode()
             rows[position] = tuple(row)
         return rows
 
     async def _admit(self, rows, indexes, problems, context: RequestContext, keyed_site):
         """Keep the rows whose site may send them; the others join `problems`."""
         sites = self.sites
-        unseen = {row[SITE_COLUMN] for row in rows if row[SITE_COLUMN] not in sites.sites}
+        unseen = {row[SITE_COLUMN] for row in rows if row[SITE_COLUMN] not in sites.sites
+                  and keyed_site in (None, row[SITE_COLUMN])}  # a key admits no other site
         if unseen and sites.policy == "open":
             try:
                 await sites.admit(unseen)
@@ -358,7 +391,7 @@ class Collector:
         kept, kept_indexes = [], []
         for row, index in zip(rows, indexes, strict=True):
             rule = known.get(row[SITE_COLUMN])
-            if rule is not None and rule.allowed and rule.allowed_hosts is None:  # the usual case
+            if rule is not None and rule.open and keyed_site is None:  # the usual case
                 kept.append(row)
                 kept_indexes.append(index)
                 continue
@@ -533,22 +566,26 @@ class Collector:
         headers = request.headers
         context = self.request_context(request)
         content_type = headers.get("content-type")
-        body, size = await self._read_body(request)
-        intake = Intake("/collect", content_type, context, body, size)
         keyed_site = None
         authorization = headers.get("authorization")
-        if authorization is not None:
-            scheme, _, key = authorization.partition(" ")
-            keyed_site = await self.sites.site_for_key(key.strip()) \
-                if scheme.lower() == "bearer" and key.strip() else None
+        if authorization is not None:  # the key is checked before the body is read
+            key = bearer_key(authorization)
+            keyed_site = await self.sites.site_for_key(key) if key else None
             if keyed_site is None:
                 return await self.reject_body(
-                    intake, 401, "invalid_write_key",
-                    "The Authorization header holds no valid write key (Bearer <key>); "
+                    Intake("/collect", content_type, context, b"", declared_size(request)), 401,
+                    "invalid_write_key", "The Authorization header holds no valid write key (Bearer <key>); "
                     "`pixelpipe site key SITE` makes one. Nothing was stored.")
+        try:
+            body, size = await self._read_body(request)
+        except BodyRejected as error:
+            return await self.body_refused(Intake("/collect", content_type, context, b"",
+                                                  declared_size(request)), error)
+        intake = Intake("/collect", content_type, context, body, size)
         try:
             self.check_size(size, "send smaller batches")
             payload = decode_body(body, content_type, headers.get("content-encoding"), self.limits)
+            intake = intake._replace(body=payload)  # what a dead letter keeps: the decoded text
             candidates, envelope = parse_events(payload, self.limits)
         except BodyRejected as error:
             return await self.body_refused(intake, error)
@@ -572,48 +609,65 @@ class Collector:
             return _json({"code": "not_found", "message": detail, "error": "not_found", "detail": detail}, 404)
         authorization = request.headers.get("authorization")
         outcome = await self._sdk(request, lambda payload: segment_batch(payload, call, authorization, self.limits),
-                                  keyed=True)
+                                  keyed=True, header_key=basic_auth_user(authorization))
         return _json(segment_answer(outcome.body(), outcome.status), outcome.status, outcome.headers())
 
     async def posthog(self, request: Request) -> Response:
         """PostHog's SDKs: /batch/, /capture/, /e/ (and /i/v0/e/ of newer posthog-js)."""
         headers, compression = request.headers, request.query_params.get("compression")
 
-        def translate(body: bytes) -> SdkBatch:
-            payload = decode_payload(body, headers.get("content-type"), headers.get("content-encoding"),
-                                     compression, self.limits)
-            return capture_batch(payload, self.limits)
+        def decode(body: bytes) -> bytes:
+            return decode_payload(body, headers.get("content-type"), headers.get("content-encoding"),
+                                  compression, self.limits)
 
-        outcome = await self._sdk(request, translate, keyed=True, inflate=False)
+        outcome = await self._sdk(request, lambda payload: capture_batch(payload, self.limits),
+                                  keyed=True, decode=decode)
         return _json(capture_answer(outcome.body(), outcome.status), outcome.status, outcome.headers())
 
     async def snowplow(self, request: Request) -> Response:
         """Snowplow trackers' POST; their GET is the pixel's /i."""
-        agent = request.headers.get("user-agent")
-        outcome = await self._sdk(request, lambda payload: tp2_batch(payload, agent, self.limits), keyed=False)
+        agent, key = request.headers.get("user-agent"), bearer_key(request.headers.get("authorization"))
+        # Snowplow's protocol has no key; a sender for a site that requires one adds a Bearer header.
+        outcome = await self._sdk(request, lambda payload: tp2_batch(payload, agent, self.limits),
+                                  keyed=key is not None, header_key=key)
         return _json(outcome.body(), outcome.status, outcome.headers())
 
-    async def _sdk(self, request: Request, translate, *, keyed: bool, inflate: bool = True) -> Outcome:
-        """An SDK's request through the one intake path: read within the cap, translated, the
-        write key checked (401 without a valid one), limited like /collect, then ingested.
-        `translate` gets the body inflated by its Content-Encoding, or as received when the
-        protocol inflates it itself (`inflate=False`)."""
+    async def _sdk(self, request: Request, translate, *, keyed: bool, decode=None,
+                   header_key: str | None = None) -> Outcome:
+        """An SDK's request through the one intake path: read within the cap, decoded, translated,
+        the write key checked (401 without a valid one), limited like /collect, then ingested.
+        `decode` turns the body as received into JSON text (default: inflate by Content-Encoding).
+        A key in a header (`header_key`) is checked before the body is read; a key that only the
+        body holds (PostHog's api_key, Segment's writeKey) after it is decoded."""
         context = self.request_context(request)
         content_type = request.headers.get("content-type")
-        body, size = await self._read_body(request)
+        keyed_site = None
+        if keyed and header_key:
+            keyed_site = await self.sites.site_for_key(header_key)
+            if keyed_site is None:
+                return await self.reject_body(
+                    Intake(request.url.path, content_type, context, b"", declared_size(request)), 401,
+                    "invalid_write_key", "The write key in the Authorization header is no site's "
+                    "(`pixelpipe site key SITE` makes one). Nothing was stored.")
+        try:
+            body, size = await self._read_body(request)
+        except BodyRejected as error:
+            return await self.body_refused(Intake(request.url.path, content_type, context, b"",
+                                                  declared_size(request)), error)
         intake = Intake(request.url.path, content_type, context, body, size)
         try:
             self.check_size(size, "lower the SDK's batch size")
-            payload = body if not inflate else decode_body(
+            payload = decode(body) if decode else decode_body(
                 body, "application/json", request.headers.get("content-encoding"), self.limits)
+            intake = intake._replace(body=payload)  # what a dead letter keeps: the decoded text
             batch = translate(payload)
         except BodyRejected as error:
             return await self.body_refused(intake, error)
-        limited = self.ip_limited(context, len(batch.events) + batch.payload_bytes // BODY_BYTES_PER_TOKEN)
+        # The first event's token was taken before the body (refuse_early).
+        limited = self.ip_limited(context, len(batch.events) - 1 + batch.payload_bytes // BODY_BYTES_PER_TOKEN)
         if limited is not None:
             return limited
-        keyed_site = None
-        if keyed:
+        if keyed and keyed_site is None:
             keyed_site = await self.sites.site_for_key(batch.write_key) if batch.write_key else None
             if keyed_site is None:
                 return await self.reject_body(
@@ -636,18 +690,23 @@ class Collector:
             or await self.reject_body(intake, error.status, error.code, error.detail)
 
     async def _read_body(self, request: Request) -> tuple[bytes, int]:
-        """Read at most the cap (plus one chunk to tell it was exceeded); return (body, size)."""
+        """Read at most the cap (plus one chunk to tell it was exceeded); return (body, size).
+        BodyRejected when the client is gone before the end."""
         cap = self.limits.max_body_bytes
         declared = request.headers.get("content-length", "")
         if _CONTENT_LENGTH.fullmatch(declared) and int(declared) > cap:
             return b"", int(declared)
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                chunks.append(chunk[: max(0, self.settings.dead_letter_body_cap - (size - len(chunk)))])
-                return b"".join(chunks), size
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    chunks.append(chunk[: max(0, self.settings.dead_letter_body_cap - (size - len(chunk)))])
+                    return b"".join(chunks), size
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone, or closed by the body timeout (http_limits.py)
+            raise BodyRejected(408, "body_incomplete", f"The client sent {size} bytes of its body and "
+                               "no more in time (PIXELPIPE_BODY_TIMEOUT_SECONDS).") from None
         return b"".join(chunks), size
 
     async def tracker(self, request: Request) -> Response:
@@ -720,8 +779,9 @@ class _PixelFirst:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] == "/i" and scope["method"] in ("GET", "HEAD"):
             await self.collector.pixel(scope, receive, send)
-        elif scope["type"] == "http" and scope["path"] == "/collect" and scope["method"] == "POST":
-            # The request's first token is taken here, before Starlette and the body.
+        elif scope["type"] == "http" and scope["method"] == "POST":
+            # Every write route (/collect, the SDKs' and any added later): the request's first
+            # token is taken here, before Starlette, the body, inflating or parsing.
             if not await self.collector.refuse_early(scope, receive, send):
                 await self.app(scope, receive, send)
         else:

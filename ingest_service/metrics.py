@@ -43,6 +43,8 @@ class CollectorMetrics:
         self.bot_checks_skipped = 0  # past the new user agents one request may bring
         self.rate_limited = 0  # 429: over PIXELPIPE_RATE_LIMIT_PER_IP or _PER_SITE
         self.queue_rows = 0
+        self.site_reloads_full = 0  # the whole `sites` table read again
+        self.site_reloads_changed = 0  # only the rows a change announced
         self.flush_rows = Histogram(
             "pixelpipe_flush_rows", "Rows written per group commit (COPY + commit).",
             (1, 5, 10, 50, 100, 500, 1000, 5000),
@@ -76,6 +78,12 @@ class CollectorMetrics:
              "counter", self.rate_limited),
             ("pixelpipe_flush_failures_total", "Group commits that failed.", "counter",
              self.flush_failures),
+            ("pixelpipe_site_reloads_total",
+             "Times this worker read the whole sites table (start, every 10 s, an unknown key at most once a second).",
+             "counter", self.site_reloads_full),
+            ("pixelpipe_site_changes_applied_total",
+             "Announced changes to sites applied by reloading only the changed rows.",
+             "counter", self.site_reloads_changed),
             ("pixelpipe_queue_rows", "Rows waiting for the next group commit.", "gauge",
              self.queue_rows),
         ):

@@ -1,7 +1,8 @@
 """Who sent an event: crawlers recognised by a maintained list, and cookieless visitor ids.
 
-Bots: the `crawlerdetect` package (a Python port of the CrawlerDetect list, kept up to date
-upstream). Its check costs ~0.2 ms, ten times a whole event's handling, so verdicts are cached
+Bots: the visitor's user agent (the event's own, else the request's when a browser sent it, not
+an HTTP library) against the `crawlerdetect` package (a Python port of the CrawlerDetect list,
+kept up to date upstream). Its check costs ~0.2 ms, ten times a whole event's handling, so verdicts are cached
 per user agent and a request may bring at most NEW_AGENTS_PER_REQUEST agents not seen before:
 a batch of a thousand made-up user agents cannot buy 200 ms of CPU.
 
@@ -26,6 +27,26 @@ _CRAWLERS = CrawlerDetect()
 VERDICTS_KEPT = 16384
 NEW_AGENTS_PER_REQUEST = 16
 _verdicts: dict[str, bool] = {}
+
+
+# The first product token of HTTP libraries' default user agents (curl/8.5.0, python-requests/2.32,
+# Python-urllib/3.12, Go-http-client/1.1, ...): a request from one is a program posting events
+# (a backend, a script), not a visitor's browser, so its user agent is nobody's (see stands_for_visitor).
+HTTP_LIBRARIES = frozenset((
+    "curl", "wget", "python-requests", "python-urllib", "python-httpx", "python", "aiohttp",
+    "go-http-client", "node-fetch", "node", "undici", "axios", "got", "okhttp", "java",
+    "apache-httpclient", "jakarta commons-httpclient", "libwww-perl", "guzzlehttp", "ruby", "faraday",
+    "php", "httpie", "postmanruntime", "insomnia", "dart", "rest-client", "reqwest", "hackney",
+    "powershell", "winhttp", "deno", "bun",
+))
+
+
+def stands_for_visitor(request_agent: str) -> bool:
+    """Whether a request's User-Agent is its visitor's: a browser's (or a crawler's, which is
+    what the crawler list is for), not an HTTP library's. A backend posting its own events is
+    not a crawler visiting a page; the crawler list then applies to the event's own userAgent."""
+    product = request_agent.split("/", 1)[0].split(" (", 1)[0].strip().lower()
+    return product not in HTTP_LIBRARIES
 
 
 def known_verdict(user_agent: str | None) -> bool | None:

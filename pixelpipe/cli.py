@@ -99,12 +99,13 @@ def cmd_site(settings: Settings, args: argparse.Namespace) -> int:
         with psycopg.connect(url, autocommit=True) as conn:
             if args.site_command == "list":
                 rows = sites.list_sites(conn)
-                print("site_id\tallowed\tallowed_hosts\tbucket\tprefix\twrite_key")
+                print("site_id\tallowed\tallowed_hosts\tbucket\tprefix\twrite_key\trequire_key")
                 for site in rows:
                     print("\t".join([site.site_id, "yes" if site.allowed else "no",
                                      ",".join(site.allowed_hosts or []) or "(any)",
                                      site.client_bucket or f"(default: {settings.client_bucket})",
-                                     site.client_prefix or "", "set" if site.has_write_key else "-"]))
+                                     site.client_prefix or "", "set" if site.has_write_key else "-",
+                                     "yes" if site.require_key else "no"]))
             elif args.site_command == "key":
                 print(sites.new_write_key(conn, args.site))  # stdout: the key alone
                 print(f"pixelpipe site key: a new write key for {args.site!r} was stored (as a hash); it "
@@ -114,7 +115,8 @@ def cmd_site(settings: Settings, args: argparse.Namespace) -> int:
                 hosts = "keep" if args.allowed_hosts is None else sites.parse_hosts(args.allowed_hosts)
                 sites.save_site(conn, args.site, create=args.site_command == "add",
                                 allowed=args.allowed, allowed_hosts=hosts,
-                                client_bucket=args.bucket, client_prefix=args.prefix)
+                                client_bucket=args.bucket, client_prefix=args.prefix,
+                                require_key=args.require_key)
                 print(f"site {args.site}: saved (the collector picks it up within seconds)")
     return 0
 
@@ -249,6 +251,9 @@ def _site_parser(sub) -> None:
                              "events may come from; '' for any host")
         command.add_argument("--bucket", default=None, help="its own client bucket ('' for the default)")
         command.add_argument("--prefix", default=None, help="key prefix in the client bucket")
+        command.add_argument("--require-key", default=None, action=argparse.BooleanOptionalAction,
+                             help="take its events only with its write key (keyless pixel, /collect and "
+                             "Snowplow are dead-lettered); --no-require-key lifts it")
     key = commands.add_parser("key", help="create a new write key, print it once (the old one stops working)")
     key.add_argument("site")
 

@@ -33,5 +33,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None,
             http="ingest_service.http_limits:BoundedHttpToolsProtocol",
             log_level="info",
             timeout_graceful_shutdown=30,
+            # Idle keep-alive connections; slow headers and bodies are http_limits' timeouts.
+            timeout_keep_alive=settings.keepalive_timeout_seconds,
         )
     return 0

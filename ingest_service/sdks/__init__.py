@@ -44,3 +44,19 @@ def checked_batch(events: list, limits: Limits, write_key, payload_bytes: int) -
 def as_dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
+
+def without_credentials(event: dict, names: tuple[str, ...], properties: tuple[str, ...] = ()) -> dict:
+    """The event as raw_event_data keeps it: without the write key its SDK copies into it.
+
+    The key is a credential, not event data: raw_event_data goes to the client's and the backup
+    bucket, where anyone who reads the files could write as the site."""
+    if not any(name in event for name in names):
+        props = event.get("properties")
+        if not properties or type(props) is not dict or not any(name in props for name in properties):
+            return event
+    kept = {name: value for name, value in event.items() if name not in names}
+    props = kept.get("properties")
+    if properties and type(props) is dict:
+        kept["properties"] = {name: value for name, value in props.items() if name not in properties}
+    return kept
+

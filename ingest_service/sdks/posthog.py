@@ -8,7 +8,7 @@ import binascii
 from urllib.parse import parse_qs
 
 from ingest_service.events import EVENT_TYPE_MAX, BodyRejected, Limits, SdkEvent, inflate_gzip
-from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json
+from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json, without_credentials
 from ingest_service.sdks.lz64 import decompress_base64
 
 SOURCE = "posthog"
@@ -16,6 +16,9 @@ SOURCE = "posthog"
 # posthog-js sends gzip; lz64 is only for older versions, whose batches are small.
 LZ64_MAX_BODY = 64 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
+# Where PostHog's SDKs put the project key (here: the site's write key) in an event.
+CREDENTIALS = ("api_key", "token")
+PROPERTY_CREDENTIALS = ("token",)
 
 
 def decode_payload(body: bytes, content_type: str | None, content_encoding: str | None,
@@ -62,7 +65,7 @@ def capture_event(event) -> SdkEvent:
         "path": properties.get("$pathname"),
         "timestamp": event.get("timestamp"),
         "userAgent": properties.get("$raw_user_agent"),
-    }, event, SOURCE)
+    }, without_credentials(event, CREDENTIALS, PROPERTY_CREDENTIALS), SOURCE)
 
 
 def _key_of(event) -> str | None:

@@ -7,12 +7,14 @@ import base64
 import binascii
 
 from ingest_service.events import EVENT_TYPE_MAX, BodyRejected, Limits, SdkEvent
-from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json
+from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json, without_credentials
 
 SOURCE = "segment"
 CALLS = ("batch", "track", "page", "screen", "identify", "group", "alias")
 # analytics.js (Segment's browser SDK) posts to /v1/t, /v1/p, ... under its apiHost.
 SHORT_CALLS = {call[0]: call for call in CALLS}
+# Where Segment's SDKs may put the write key inside a message (a single call's body is one).
+CREDENTIALS = ("writeKey",)
 
 
 def basic_auth_user(authorization: str | None) -> str | None:
@@ -53,7 +55,7 @@ def message_event(message, call: str) -> SdkEvent:
         "path": path,
         "timestamp": message.get("timestamp") or message.get("originalTimestamp"),
         "userAgent": context.get("userAgent"),
-    }, message, SOURCE)
+    }, without_credentials(message, CREDENTIALS), SOURCE)
 
 
 _EMPTY: dict = {}

@@ -99,6 +99,12 @@ class Settings:
     new_sites_per_hour: int = setting("PIXELPIPE_NEW_SITES_PER_HOUR", 1000, "unseen sites admitted per hour")
     rate_limit_per_ip: float = setting("PIXELPIPE_RATE_LIMIT_PER_IP", 0.0, "events/s per address and worker; 0: off")
     rate_limit_per_site: float = setting("PIXELPIPE_RATE_LIMIT_PER_SITE", 0.0, "events/s per site and worker; 0: off")
+    header_timeout_seconds: float = setting("PIXELPIPE_HEADER_TIMEOUT_SECONDS", 10.0,
+                                            "a request's headers must arrive within this; 0: no limit")
+    body_timeout_seconds: float = setting("PIXELPIPE_BODY_TIMEOUT_SECONDS", 30.0,
+                                          "a request's body must arrive within this after its headers; 0: no limit")
+    keepalive_timeout_seconds: float = setting("PIXELPIPE_KEEPALIVE_TIMEOUT_SECONDS", 5.0,
+                                               "an idle keep-alive connection is closed after this")
     admin_port: int = setting("PIXELPIPE_ADMIN_PORT", 0, "loopback port for /metrics and /readyz; 0: off")
     # Dagster.
     dagster_port: int = setting("PIXELPIPE_DAGSTER_PORT", 3000, "Dagster webserver port")

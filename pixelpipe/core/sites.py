@@ -1,7 +1,8 @@
 """Tenants as operators manage them: the `sites` table behind `pixelpipe site ...`.
 
-Which sites may send, from which page hosts, to which bucket and prefix, and each site's write
-key for server-side senders. The key is shown once and stored only as its SHA-256.
+Which sites may send, from which page hosts, to which bucket and prefix, each site's write
+key for server-side senders, and whether its events need that key (require_key). The key is
+shown once and stored only as its SHA-256.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Site:
     client_bucket: str | None
     client_prefix: str
     has_write_key: bool
+    require_key: bool = False
 
 
 def check_site_id(site_id: str) -> str:
@@ -65,12 +67,12 @@ def parse_hosts(text: str) -> list[str] | None:
 def list_sites(conn: psycopg.Connection) -> list[Site]:
     return [Site(*row) for row in conn.execute(
         """SELECT site_id, allowed, allowed_hosts, client_bucket, client_prefix,
-                  write_key_sha256 IS NOT NULL FROM sites ORDER BY site_id""")]
+                  write_key_sha256 IS NOT NULL, require_key FROM sites ORDER BY site_id""")]
 
 
 def save_site(conn: psycopg.Connection, site_id: str, *, create: bool, allowed: bool | None = None,
               allowed_hosts: list[str] | None | str = "keep", client_bucket: str | None = None,
-              client_prefix: str | None = None) -> None:
+              client_prefix: str | None = None, require_key: bool | None = None) -> None:
     """Add a site (create) or change one; only the given fields change."""
     check_site_id(site_id)
     exists = conn.execute("SELECT 1 FROM sites WHERE site_id = %s", (site_id,)).fetchone()
@@ -80,7 +82,8 @@ def save_site(conn: psycopg.Connection, site_id: str, *, create: bool, allowed: 
         raise PixelpipeError(f"No site {site_id!r}; add it with `pixelpipe site add {site_id}`.")
     if create:
         conn.execute("INSERT INTO sites (site_id) VALUES (%s)", (site_id,))
-    changes = {"allowed": allowed, "client_bucket": client_bucket, "client_prefix": client_prefix}
+    changes = {"allowed": allowed, "client_bucket": client_bucket, "client_prefix": client_prefix,
+               "require_key": require_key}
     for column, value in changes.items():
         if value is not None:
             conn.execute(sql.SQL("UPDATE sites SET {} = %s WHERE site_id = %s").format(
