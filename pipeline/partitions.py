@@ -28,3 +28,8 @@ def run_hours(context) -> list:
     key_range = context.partition_key_range
     keys = hourly_partitions.get_partition_keys_in_range(key_range)
     return [hourly_partitions.time_window_for_partition_key(key).start for key in keys]
+
+
+def partition_key_of(hour) -> str:
+    """The partition key of a UTC ingest hour (a run over a range records each hour under it)."""
+    return f"{hour:%Y-%m-%d-%H:%M}"
