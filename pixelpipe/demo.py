@@ -16,6 +16,7 @@ import orjson
 import psycopg
 
 from pixelpipe.core.events_log import EVENT_COLUMNS, copy_statement, ensure_partitions
+from pixelpipe.core.installation import lower_data_start
 
 SITES = {"demo-shop": "https://shop.example.com", "blog-example-org": "https://blog.example.org",
          "news-example-net": "https://news.example.net"}
@@ -35,11 +36,20 @@ def _event(site: str, origin: str, rng: random.Random, when: datetime) -> dict:
     return event
 
 
-def write_history(database_url: str, now: datetime, rng: random.Random) -> int:
-    """Events ingested in the past HISTORY_HOURS closed hours (skipped if already there)."""
-    first = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=HISTORY_HOURS)
+def history_hours(now: datetime, grace_minutes: int) -> tuple[datetime, datetime]:
+    """The first and last of the HISTORY_HOURS hours before `now` that can be exported at once
+    (each closed, grace period included)."""
+    last = (now - timedelta(hours=1, minutes=grace_minutes)).replace(minute=0, second=0, microsecond=0)
+    return last - timedelta(hours=HISTORY_HOURS - 1), last
+
+
+def write_history(database_url: str, now: datetime, rng: random.Random, grace_minutes: int = 5) -> int:
+    """Events ingested in the past HISTORY_HOURS closed hours (skipped if already there). The
+    installation's data then starts at the first of them, so Dagster offers those hours."""
+    first, _ = history_hours(now, grace_minutes)
     with psycopg.connect(database_url, autocommit=True) as conn:
-        ensure_partitions(conn, now=now, hours_back=HISTORY_HOURS + 1)
+        ensure_partitions(conn, now=now, hours_back=HISTORY_HOURS + 2)
+        lower_data_start(conn, first)
         if conn.execute("SELECT 1 FROM events_log WHERE created_at >= %s AND created_at < %s LIMIT 1",
                         (first, first + timedelta(hours=HISTORY_HOURS))).fetchone():
             return 0
@@ -56,6 +66,18 @@ def write_history(database_url: str, now: datetime, rng: random.Random) -> int:
                                         orjson.dumps(event).decode(), "pixelpipe", created))
                         written += 1
         return written
+
+
+def seed_history(database_url: str, grace_minutes: int) -> str:
+    """Write the demo's history before Dagster starts (its partitions begin where the data does);
+    returns the lines `pixelpipe up --demo` prints about it: what, and the command to export it."""
+    now = datetime.now(UTC)
+    written = write_history(database_url, now, random.Random(7), grace_minutes)
+    first, last = history_hours(now, grace_minutes)
+    what = (f"{written} events in" if written else "events (written earlier) in")
+    return (f"  demo history     {what} the {HISTORY_HOURS} closed hours {first:%Y-%m-%d %H}:00 to "
+            f"{last:%H}:00 UTC; export them with\n"
+            f"                   pixelpipe backfill --from {first:%Y-%m-%d-%H:%M} --to {last:%Y-%m-%d-%H:%M}")
 
 
 def live_traffic(collector_url: str, stopping: threading.Event, rng: random.Random) -> None:
@@ -82,10 +104,6 @@ def live_traffic(collector_url: str, stopping: threading.Event, rng: random.Rand
                 time.sleep(1)
 
 
-def start_demo_traffic(database_url: str, collector_url: str, stopping: threading.Event) -> None:
-    rng = random.Random(7)
-    written = write_history(database_url, datetime.now(UTC), rng)
-    if written:
-        print(f"  demo history     {written} events in the last {HISTORY_HOURS} closed hours "
-              "(export them from the Dagster UI: hourly_export > Materialize > backfill)")
-    threading.Thread(target=live_traffic, args=(collector_url, stopping, rng), daemon=True).start()
+def start_demo_traffic(collector_url: str, stopping: threading.Event) -> None:
+    threading.Thread(target=live_traffic, args=(collector_url, stopping, random.Random(11)),
+                     daemon=True).start()
