@@ -81,7 +81,8 @@ def seed_history(database_url: str, grace_minutes: int) -> str:
 
 
 def live_traffic(collector_url: str, stopping: threading.Event, rng: random.Random) -> None:
-    """A few requests a second: batches, single events, pixels, now and then a bad one."""
+    """Twice a second a batch to /collect and a pixel; every 10 s two malformed requests on
+    purpose, for the dead letter. The demo page (ingest_service/static/demo.html) says so."""
     # A browser's user agent: the collector drops crawlers' (and HTTP libraries') as bots.
     browser = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
     with httpx.Client(base_url=collector_url, timeout=10, headers={"User-Agent": browser}) as client:
@@ -95,7 +96,7 @@ def live_traffic(collector_url: str, stopping: threading.Event, rng: random.Rand
                 client.post("/collect", content=orjson.dumps(
                     {"eventType": "batch", "siteId": site, "events": batch}),
                     headers={"content-type": "text/plain"})
-                client.get("/i", params={"eventType": "pageview", "url": origin + rng.choice(PAGES)})
+                client.get("/i", params={"eventType": "pageview", "siteId": site, "url": origin + rng.choice(PAGES)})
                 if tick % 20 == 0:  # something for the dead letter
                     client.post("/collect", content=b'{"eventType": "click", "oops"',
                                 headers={"content-type": "application/json"})
