@@ -6,12 +6,17 @@ with everything it started at the end of the session."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from pixelpipe.process import free_port
 
@@ -22,6 +27,10 @@ NOT_IN_A_USERS_SHELL = ("DATABASE_URL", "PIXELPIPE_S3_ENDPOINT", "PIXELPIPE_PART
                         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DAGSTER_HOME")
 
 
+BACKFILL = """query ($id: String!) { partitionBackfillOrError(backfillId: $id) {
+  ... on PartitionBackfill { status } } }"""
+
+
 @dataclass
 class DemoStack:
     home: Path
@@ -29,6 +38,7 @@ class DemoStack:
     env: dict[str, str]
     banner: str = ""
     output: list[str] = field(default_factory=list)
+    backfilled: dict | None = None
 
     @property
     def collector(self) -> str:
@@ -37,6 +47,29 @@ class DemoStack:
     @property
     def dagster(self) -> str:
         return f"http://127.0.0.1:{self.ports['dagster']}"
+
+    def graphql(self, query: str, **variables) -> dict:
+        answer = httpx.post(f"{self.dagster}/graphql", json={"query": query, "variables": variables},
+                            timeout=30).json()
+        assert "errors" not in answer, answer
+        return answer["data"]
+
+    def backfill_demo_hours(self) -> dict:
+        """Run the backfill command `up --demo` printed, as printed, once per session, and await
+        the backfill: {"command", "first", "last", "status"}."""
+        if self.backfilled is None:
+            match = re.search(r"^\s+(pixelpipe backfill --from (\S+) --to (\S+))$", self.banner, re.M)
+            assert match, self.banner
+            command, first, last = match.groups()
+            submitted = subprocess.run([sys.executable, "-m", "pixelpipe.cli", *shlex.split(command)[1:]],
+                                       env=self.env, cwd=REPO, capture_output=True, text=True, timeout=120)
+            assert submitted.returncode == 0, submitted.stderr
+            status, deadline = "REQUESTED", time.monotonic() + 300
+            while status in ("REQUESTED", "CANCELING", "FAILING") and time.monotonic() < deadline:
+                time.sleep(1)  # the daemon runs it; its status is the event to await
+                status = self.graphql(BACKFILL, id=submitted.stdout.strip())["partitionBackfillOrError"]["status"]
+            self.backfilled = {"command": command, "first": first, "last": last, "status": status}
+        return self.backfilled
 
     def database_url(self) -> str:
         password = (self.home / "postgres" / "password").read_text().strip()

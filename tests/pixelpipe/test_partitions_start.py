@@ -1,15 +1,8 @@
 """Partitions start where this installation's data starts, not on a fixed date: a fresh install
 shows only hours that can hold data, and `pixelpipe up --demo` prints the backfill of its hours."""
 
-import re
-import shlex
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import httpx
 import psycopg
 
 from pixelpipe.core.installation import data_start, partitions_start
@@ -18,8 +11,6 @@ from pixelpipe.core.settings import Settings
 
 PARTITION_KEYS = """{ assetNodeOrError(assetKey: {path: ["hourly_export"]}) {
   ... on AssetNode { partitionKeysByDimension { partitionKeys } } } }"""
-BACKFILL = """query ($id: String!) { partitionBackfillOrError(backfillId: $id) {
-  ... on PartitionBackfill { status } } }"""
 HOUR_ROWS = """query ($keys: [String!]) { assetNodeOrError(assetKey: {path: ["hourly_export"]}) {
   ... on AssetNode { assetMaterializations(partitions: $keys) {
     partition metadataEntries { label ... on IntMetadataEntry { intValue } } } } } }"""
@@ -56,32 +47,17 @@ def test_an_existing_install_starts_at_its_earliest_exported_hour(empty_database
 
 
 def test_up_demo_shows_only_its_own_hours_and_its_backfill_command_exports_them(demo_stack):
-    match = re.search(r"^\s+(pixelpipe backfill --from (\S+) --to (\S+))$", demo_stack.banner, re.M)
-    assert match, demo_stack.banner
-    command, first, last = match.groups()
-    keys = httpx.post(f"{demo_stack.dagster}/graphql", json={"query": PARTITION_KEYS}, timeout=30).json()
-    partitions = keys["data"]["assetNodeOrError"]["partitionKeysByDimension"][0]["partitionKeys"]
-    assert partitions[0] == first  # not 2026-11-01: nothing "missing" before the data
-    assert len(partitions) <= 9  # the demo's six hours, the one in its grace period, the current one
-
-    submitted = subprocess.run([sys.executable, "-m", "pixelpipe.cli", *shlex.split(command)[1:]],
-                               env=demo_stack.env, cwd=Path(__file__).parents[2],
-                               capture_output=True, text=True, timeout=120)
-    assert submitted.returncode == 0, submitted.stderr
-    backfill_id = submitted.stdout.strip()
-    status = "REQUESTED"
-    deadline = time.monotonic() + 240
-    while status in ("REQUESTED", "CANCELING", "FAILING") and time.monotonic() < deadline:
-        time.sleep(1)  # the daemon runs the backfill; its status is what there is to await
-        answer = httpx.post(f"{demo_stack.dagster}/graphql", timeout=30,
-                            json={"query": BACKFILL, "variables": {"id": backfill_id}}).json()
-        status = answer["data"]["partitionBackfillOrError"]["status"]
-    assert status == "COMPLETED_SUCCESS"
+    backfill = demo_stack.backfill_demo_hours()  # the command the banner printed, as printed
+    first, last = backfill["first"], backfill["last"]
+    keys = demo_stack.graphql(PARTITION_KEYS)["assetNodeOrError"]["partitionKeysByDimension"][0]
+    assert keys["partitionKeys"][0] == first  # not 2026-11-01: nothing "missing" before the data
+    # the demo's six hours, the one in its grace period, the current one (and the next at worst)
+    assert len(keys["partitionKeys"]) <= 9
+    assert backfill["status"] == "COMPLETED_SUCCESS"
     hours = [f"{datetime.strptime(first, '%Y-%m-%d-%H:%M') + timedelta(hours=n):%Y-%m-%d-%H:%M}"
              for n in range(6)]
     assert hours[-1] == last
-    answer = httpx.post(f"{demo_stack.dagster}/graphql", timeout=30,
-                        json={"query": HOUR_ROWS, "variables": {"keys": hours}}).json()
+    materializations = demo_stack.graphql(HOUR_ROWS, keys=hours)["assetNodeOrError"]["assetMaterializations"]
     rows = {m["partition"]: {e["label"]: e.get("intValue") for e in m["metadataEntries"]}["rows"]
-            for m in answer["data"]["assetNodeOrError"]["assetMaterializations"]}
+            for m in materializations}
     assert set(rows) == set(hours) and all(450 <= n <= 1200 for n in rows.values())
