@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import os
-from pathlib import Path
 
 from pixelpipe.core.settings import Settings
 
@@ -17,11 +16,9 @@ def app_from_env():
 
     extra_routes = []
     if os.environ.get("PIXELPIPE_DEMO_PAGE"):  # set by `pixelpipe up --demo`
-        from starlette.responses import FileResponse
-        from starlette.routing import Route
+        from ingest_service.demo_page import demo_routes
 
-        page = Path(__file__).resolve().parent / "static" / "demo.html"
-        extra_routes.append(Route("/demo", lambda request: FileResponse(page), methods=["GET"]))
+        extra_routes = demo_routes(os.environ["DATABASE_URL"])
     app = create_app(Settings.from_env(), os.environ["DATABASE_URL"], extra_routes)
     # Every request allocates a few short-lived objects; the default GC thresholds then run
     # full collections over everything imported at start-up, and those pauses were the pixel's

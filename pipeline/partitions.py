@@ -7,10 +7,12 @@ dimension (hour x site would be millions of partitions).
 
 import dagster as dg
 
+from pixelpipe.core.installation import partitions_start
 from pixelpipe.core.settings import Settings
 
-# A recent start keeps the partition count (and Dagster's UI) small.
-PARTITIONS_START = Settings.from_env().partitions_start
+# Where this installation's data starts (or PIXELPIPE_PARTITIONS_START): no partition shows
+# "missing" for an hour that never had data, and the count (and Dagster's UI) stays small.
+PARTITIONS_START = partitions_start(Settings.from_env())
 
 # A long backfill (30 days from the UI, or `pixelpipe backfill`) runs as many runs of at most
 # this many hours: each run is a process of its own, resumable on its own, and the `postgres`
@@ -19,8 +21,9 @@ hourly_backfill_policy = dg.BackfillPolicy.multi_run(
     max_partitions_per_run=max(1, Settings.from_env().backfill_hours_per_run))
 
 hourly_partitions = dg.HourlyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
+# From the first of the start's month: billing bills a month from the first hour there is.
 monthly_partitions = dg.MonthlyPartitionsDefinition(
-    start_date=PARTITIONS_START[:10], timezone="UTC", end_offset=0)
+    start_date=PARTITIONS_START[:8] + "01", timezone="UTC", end_offset=0)
 
 
 def run_hours(context) -> list:
@@ -28,3 +31,8 @@ def run_hours(context) -> list:
     key_range = context.partition_key_range
     keys = hourly_partitions.get_partition_keys_in_range(key_range)
     return [hourly_partitions.time_window_for_partition_key(key).start for key in keys]
+
+
+def partition_key_of(hour) -> str:
+    """The partition key of a UTC ingest hour (a run over a range records each hour under it)."""
+    return f"{hour:%Y-%m-%d-%H:%M}"

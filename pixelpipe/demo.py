@@ -16,6 +16,7 @@ import orjson
 import psycopg
 
 from pixelpipe.core.events_log import EVENT_COLUMNS, copy_statement, ensure_partitions
+from pixelpipe.core.installation import lower_data_start
 
 SITES = {"demo-shop": "https://shop.example.com", "blog-example-org": "https://blog.example.org",
          "news-example-net": "https://news.example.net"}
@@ -35,11 +36,20 @@ def _event(site: str, origin: str, rng: random.Random, when: datetime) -> dict:
     return event
 
 
-def write_history(database_url: str, now: datetime, rng: random.Random) -> int:
-    """Events ingested in the past HISTORY_HOURS closed hours (skipped if already there)."""
-    first = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=HISTORY_HOURS)
+def history_hours(now: datetime, grace_minutes: int) -> tuple[datetime, datetime]:
+    """The first and last of the HISTORY_HOURS hours before `now` that can be exported at once
+    (each closed, grace period included)."""
+    last = (now - timedelta(hours=1, minutes=grace_minutes)).replace(minute=0, second=0, microsecond=0)
+    return last - timedelta(hours=HISTORY_HOURS - 1), last
+
+
+def write_history(database_url: str, now: datetime, rng: random.Random, grace_minutes: int = 5) -> int:
+    """Events ingested in the past HISTORY_HOURS closed hours (skipped if already there). The
+    installation's data then starts at the first of them, so Dagster offers those hours."""
+    first, _ = history_hours(now, grace_minutes)
     with psycopg.connect(database_url, autocommit=True) as conn:
-        ensure_partitions(conn, now=now, hours_back=HISTORY_HOURS + 1)
+        ensure_partitions(conn, now=now, hours_back=HISTORY_HOURS + 2)
+        lower_data_start(conn, first)
         if conn.execute("SELECT 1 FROM events_log WHERE created_at >= %s AND created_at < %s LIMIT 1",
                         (first, first + timedelta(hours=HISTORY_HOURS))).fetchone():
             return 0
@@ -58,8 +68,21 @@ def write_history(database_url: str, now: datetime, rng: random.Random) -> int:
         return written
 
 
+def seed_history(database_url: str, grace_minutes: int) -> str:
+    """Write the demo's history before Dagster starts (its partitions begin where the data does);
+    returns the lines `pixelpipe up --demo` prints about it: what, and the command to export it."""
+    now = datetime.now(UTC)
+    written = write_history(database_url, now, random.Random(7), grace_minutes)
+    first, last = history_hours(now, grace_minutes)
+    what = (f"{written} events in" if written else "events (written earlier) in")
+    return (f"  demo history     {what} the {HISTORY_HOURS} closed hours {first:%Y-%m-%d %H}:00 to "
+            f"{last:%H}:00 UTC; export them with\n"
+            f"                   pixelpipe backfill --from {first:%Y-%m-%d-%H:%M} --to {last:%Y-%m-%d-%H:%M}")
+
+
 def live_traffic(collector_url: str, stopping: threading.Event, rng: random.Random) -> None:
-    """A few requests a second: batches, single events, pixels, now and then a bad one."""
+    """Twice a second a batch to /collect and a pixel; every 10 s two malformed requests on
+    purpose, for the dead letter. The demo page (ingest_service/static/demo.html) says so."""
     # A browser's user agent: the collector drops crawlers' (and HTTP libraries') as bots.
     browser = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
     with httpx.Client(base_url=collector_url, timeout=10, headers={"User-Agent": browser}) as client:
@@ -73,7 +96,7 @@ def live_traffic(collector_url: str, stopping: threading.Event, rng: random.Rand
                 client.post("/collect", content=orjson.dumps(
                     {"eventType": "batch", "siteId": site, "events": batch}),
                     headers={"content-type": "text/plain"})
-                client.get("/i", params={"eventType": "pageview", "url": origin + rng.choice(PAGES)})
+                client.get("/i", params={"eventType": "pageview", "siteId": site, "url": origin + rng.choice(PAGES)})
                 if tick % 20 == 0:  # something for the dead letter
                     client.post("/collect", content=b'{"eventType": "click", "oops"',
                                 headers={"content-type": "application/json"})
@@ -82,10 +105,6 @@ def live_traffic(collector_url: str, stopping: threading.Event, rng: random.Rand
                 time.sleep(1)
 
 
-def start_demo_traffic(database_url: str, collector_url: str, stopping: threading.Event) -> None:
-    rng = random.Random(7)
-    written = write_history(database_url, datetime.now(UTC), rng)
-    if written:
-        print(f"  demo history     {written} events in the last {HISTORY_HOURS} closed hours "
-              "(export them from the Dagster UI: hourly_export > Materialize > backfill)")
-    threading.Thread(target=live_traffic, args=(collector_url, stopping, rng), daemon=True).start()
+def start_demo_traffic(collector_url: str, stopping: threading.Event) -> None:
+    threading.Thread(target=live_traffic, args=(collector_url, stopping, random.Random(11)),
+                     daemon=True).start()

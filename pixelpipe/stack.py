@@ -68,6 +68,7 @@ class Stack:
         self.env: dict[str, str] = {}
         self.stopping = threading.Event()
         self.s3_admin: tuple[str, str] | None = None
+        self.demo_history = ""
 
     # --- start --------------------------------------------------------------------------
 
@@ -79,6 +80,10 @@ class Stack:
         database_url = self.stores.enter_context(pixelpipe_database_url(settings))
         s3_endpoint, key, secret = self._start_s3()
         self._prepare(database_url, s3_endpoint, key, secret)
+        if self.demo:  # before Dagster starts: its partitions begin where the data does
+            from pixelpipe.demo import seed_history
+
+            self.demo_history = seed_history(database_url, settings.export_grace_minutes)
         dagster_home = self.home / "dagster"
         write_dagster_instance(dagster_home)
         self.env = {
@@ -181,7 +186,8 @@ pixelpipe is up (data in {settings.home})
             from pixelpipe.demo import start_demo_traffic
 
             print(f"  demo page        {stack.collector_url}/demo")
-            start_demo_traffic(stack.env["DATABASE_URL"], stack.collector_url, stack.stopping)
+            print(stack.demo_history)
+            start_demo_traffic(stack.collector_url, stack.stopping)
         print("Press Ctrl-C to stop.", flush=True)
         status = stack.watch()
     except KeyboardInterrupt:

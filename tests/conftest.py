@@ -109,3 +109,11 @@ def buckets(s3):
     names = {"client": f"clients-{suffix}", "backup": f"backup-{suffix}"}
     ensure_buckets(s3, list(names.values()))
     return names
+
+
+@pytest.fixture(scope="session")
+def demo_stack(state_dir):
+    """One `pixelpipe up --demo` shared by the tests that read the whole stack (tests/demo_stack.py)."""
+    from tests.demo_stack import start_demo_stack
+
+    yield from start_demo_stack(state_dir / "demo-home")

@@ -19,7 +19,12 @@ from dagster_aws.s3 import S3Resource
 
 from pipeline.assets.events_log import events_log
 from pipeline.ledger import SiteExport, hour_lock, hour_state, record_export, unverify_hour
-from pipeline.partitions import hourly_backfill_policy, hourly_partitions, run_hours
+from pipeline.partitions import (
+    hourly_backfill_policy,
+    hourly_partitions,
+    partition_key_of,
+    run_hours,
+)
 from pipeline.publish import publish_hour, remove_stale_objects, write_receipts
 from pipeline.resources import PipelineSettings, PostgresResource
 from pixelpipe.core.events_log import seal_hour as events_log_seal_hour
@@ -147,9 +152,7 @@ def hourly_export(
     # Refuse the whole run before anything is written: an open or a purged hour in the range.
     refuse_open_hour(hours[-1], datetime.now(UTC), settings.export_grace_minutes)
     client = s3.get_client()
-    started = time.perf_counter()
-    all_sites: list[SiteExport] = []
-    per_hour, stale_removed = [], 0
+    run_rows = 0
     # Autocommit: each hour's ledger rows commit as soon as that hour's copies are uploaded.
     with postgres.get_connection(autocommit=True) as conn:
         states = {hour: hour_state(conn, hour) for hour in hours}
@@ -157,28 +160,32 @@ def hourly_export(
             refuse_purged_hour(hour, state.purged_at if state else None, settings.retention_hours)
         for hour in hours:
             state = states[hour]
+            started = time.perf_counter()
             with explained_failures(hour, s3.endpoint_url), hour_lock(conn, hour):
                 sites, stale = export_hour(conn, postgres.url(), client, settings, hour,
                                            state.rows if state else 0)
-            all_sites.extend(sites)
-            stale_removed += stale
-            rows = sum(s.rows for s in sites)
-            per_hour.append(f"| {hour:%Y-%m-%d %H}:00 | {rows} | {len(sites)} |")
-            context.log.info(f"exported {rows} rows of {hour:%Y-%m-%d %H}:00 UTC for {len(sites)} sites")
-    seconds = time.perf_counter() - started
-    total_rows = sum(s.rows for s in all_sites)
-    metadata = {
-        "hours": len(hours),
-        "rows": total_rows,
-        "sites": len({s.site_id for s in all_sites}),
-        "files": sum(len(s.client_keys) for s in all_sites),
-        "bytes": sum(s.bytes for s in all_sites),
+            metadata = hour_metadata(sites, stale, time.perf_counter() - started)
+            # Each hour's page in the UI shows its own figures, also in a run over a range.
+            context.add_asset_metadata(metadata, partition_key=partition_key_of(hour))
+            run_rows += metadata["rows"]
+            context.log.info(f"exported {metadata['rows']} rows of {hour:%Y-%m-%d %H}:00 UTC for "
+                             f"{metadata['sites']} sites")
+    if len(hours) > 1:
+        context.log.info(f"exported {run_rows} rows in {len(hours)} hours "
+                         f"({hours[0]:%Y-%m-%d %H}:00 to {hours[-1]:%Y-%m-%d %H}:00 UTC)")
+    return dg.MaterializeResult()
+
+
+def hour_metadata(sites: list[SiteExport], stale_removed: int, seconds: float) -> dict:
+    """One hour's materialization metadata: what the UI shows on that hour's page."""
+    rows = sum(s.rows for s in sites)
+    return {
+        "rows": rows,
+        "sites": len({s.site_id for s in sites}),
+        "files": sum(len(s.client_keys) for s in sites),
+        "bytes": sum(s.bytes for s in sites),
         "stale_objects_removed": stale_removed,
         "seconds": round(seconds, 3),
-        "rows_per_second": round(total_rows / seconds) if seconds > 0 else 0,
-        "rows_per_site": dg.MetadataValue.md(_rows_per_site_table(all_sites)),
+        "rows_per_second": round(rows / seconds) if seconds > 0 else 0,
+        "rows_per_site": dg.MetadataValue.md(_rows_per_site_table(sites)),
     }
-    if len(hours) > 1:
-        metadata["rows_per_hour"] = dg.MetadataValue.md(
-            "| ingest hour (UTC) | rows | sites |\n|---|---:|---:|\n" + "\n".join(per_hour))
-    return dg.MaterializeResult(metadata=metadata)

@@ -108,7 +108,7 @@ class Settings:
     admin_port: int = setting("PIXELPIPE_ADMIN_PORT", 0, "loopback port for /metrics and /readyz; 0: off")
     # Dagster.
     dagster_port: int = setting("PIXELPIPE_DAGSTER_PORT", 3000, "Dagster webserver port")
-    partitions_start: str = setting("PIXELPIPE_PARTITIONS_START", "2026-11-01-00:00", "first hourly partition")
+    partitions_start: str = setting("PIXELPIPE_PARTITIONS_START", "", "first hourly partition; unset: where the data starts")
     export_grace_minutes: int = setting("PIXELPIPE_EXPORT_GRACE_MINUTES", 5, "wait after an hour ends")
     retention_hours: int = setting("PIXELPIPE_RETENTION_HOURS", 24, "exported hours kept in PostgreSQL")
     rejected_retention_days: int = setting("PIXELPIPE_REJECTED_RETENTION_DAYS", 7, "dead-letter rows kept")
