@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 
 from ingest_service.events import EVENT_TYPE_MAX, BodyRejected, Limits, SdkEvent
 from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json
@@ -16,14 +15,20 @@ SHORT_CALLS = {call[0]: call for call in CALLS}
 
 
 def basic_auth_user(authorization: str | None) -> str | None:
-    """The user of `Authorization: Basic base64(user:password)`: where the SDKs put the write key."""
+    """The user of `Authorization: Basic base64(user:password)`: where the SDKs put the write key.
+
+    A Basic header that does not decode is refused (400), not passed over for a key in the body:
+    the client meant to present a key. Every decoding failure is a ValueError (binascii.Error,
+    UnicodeDecodeError, and the one b64decode raises for a non-ASCII character: a 500 before)."""
     scheme, _, encoded = (authorization or "").partition(" ")
     if scheme.lower() != "basic":
         return None
     try:
         return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0] or None
-    except (binascii.Error, UnicodeDecodeError):
-        return None
+    except ValueError:
+        raise BodyRejected(400, "malformed_authorization",
+                           "The Authorization header is not `Basic base64(writeKey:)` in ASCII; send the "
+                           "site's write key as the SDK's writeKey.") from None
 
 
 def message_event(message, call: str) -> SdkEvent:
