@@ -106,8 +106,8 @@ async def _valid_traffic(port: int, rate: int, seconds: float) -> dict:
             "non2xx": sum(n for s, n in statuses.items() if not 200 <= s < 300), "statuses": statuses}
 
 
-def hostile_requests(kinds: tuple[int, ...]):
-    """Hostile requests of the given kinds, round robin, forever: (bytes, kind)."""
+def hostile_requests(kinds: tuple[int, ...], start: int = 0):
+    """Hostile requests of the given kinds, round robin from the `start`th, forever: (bytes, kind)."""
     bomb = gzip.compress(b'{"eventType": "x", "siteId": "bomb", "pad": "' + b"a" * 4_000_000 + b'"}')
     amplifier = gzip.compress(orjson.dumps({"eventType": "batch", "siteId": "amp", "url": "https://a.example/"
                                             + "x" * 60_000, "events": [{"eventType": "e"}] * 1000}))
@@ -123,7 +123,7 @@ def hostile_requests(kinds: tuple[int, ...]):
         return (b"POST %s HTTP/1.1\r\nHost: collector\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
                 % (path, content_type, len(body), extra)) + body
 
-    for n in itertools.count():
+    for n in itertools.count(start):
         kind = kinds[n % len(kinds)]
         if kind == 0:
             yield (b"GET /i?eventType=x&siteId=s HTTP/1.1\r\nHost: collector\r\n"
@@ -178,9 +178,10 @@ def _hostile_process(port: int, seconds: float, niceness: int, results, attacks:
         counts: dict[str, dict[int, int]] = {}
         deadline = time.perf_counter() + seconds
 
-        async def connection(addresses, kinds: tuple[int, ...], fresh_address_each_time: bool) -> None:
+        async def connection(addresses, kinds: tuple[int, ...], fresh_address_each_time: bool,
+                             start: int = 0) -> None:
             nonlocal sent
-            requests = hostile_requests(kinds)
+            requests = hostile_requests(kinds, start)  # connections start at different kinds
             reader = writer = None
             while time.perf_counter() < deadline:
                 request, kind = next(requests)
@@ -208,7 +209,7 @@ def _hostile_process(port: int, seconds: float, niceness: int, results, attacks:
         else:
             await asyncio.gather(
                 *(connection(itertools.repeat(a), (4,), False) for a in OVER_LIMIT_ADDRESSES),
-                *(connection(botnet, (0, 1, 2, 3, 5, 6, 7, 8), True) for _ in range(BOTNET_CONNECTIONS)))
+                *(connection(botnet, (0, 1, 2, 3, 5, 6, 7, 8), True, n) for n in range(BOTNET_CONNECTIONS)))
         return {"bytes": sent, "counts": counts}
 
     results.put(asyncio.run(run()))
