@@ -16,19 +16,21 @@ SHORT_CALLS = {call[0]: call for call in CALLS}
 
 def basic_auth_user(authorization: str | None) -> str | None:
     """The user of `Authorization: Basic base64(user:password)`: where the SDKs put the write key.
+    None when there is none, or when it does not decode (segment_batch refuses that request)."""
+    try:
+        return _decoded_basic_user(authorization)
+    except ValueError:
+        return None
 
-    A Basic header that does not decode is refused (400), not passed over for a key in the body:
-    the client meant to present a key. Every decoding failure is a ValueError (binascii.Error,
-    UnicodeDecodeError, and the one b64decode raises for a non-ASCII character: a 500 before)."""
+
+def _decoded_basic_user(authorization: str | None) -> str | None:
+    """Every way a Basic header fails to decode is a ValueError: binascii.Error, the
+    UnicodeDecodeError of a user that is not UTF-8, and the plain ValueError b64decode raises for
+    a non-ASCII character (which was a 500)."""
     scheme, _, encoded = (authorization or "").partition(" ")
     if scheme.lower() != "basic":
         return None
-    try:
-        return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0] or None
-    except ValueError:
-        raise BodyRejected(400, "malformed_authorization",
-                           "The Authorization header is not `Basic base64(writeKey:)` in ASCII; send the "
-                           "site's write key as the SDK's writeKey.") from None
+    return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0] or None
 
 
 def message_event(message, call: str) -> SdkEvent:
@@ -75,7 +77,13 @@ def segment_batch(payload: bytes, call: str, authorization: str | None, limits: 
             raise BodyRejected(400, "malformed_batch", '/v1/batch needs "batch": a JSON array of messages.')
     else:
         messages = [document]
-    key = basic_auth_user(authorization) or document.get("writeKey")
+    try:
+        key = _decoded_basic_user(authorization) or document.get("writeKey")
+    except ValueError:
+        # The client meant to present a key: not passed over for one in the body.
+        raise BodyRejected(400, "malformed_authorization",
+                           "The Authorization header is not `Basic base64(writeKey:)` in ASCII; send the "
+                           "site's write key as the SDK's writeKey.") from None
     return checked_batch([message_event(m, call) for m in messages], limits, key, len(payload))
 
 
