@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -25,8 +27,18 @@ QUEUE_MAX = 32
 NICENESS = 10
 
 
-def _lower_priority() -> None:
+def _start_decoding_process() -> None:
+    """In the decoding process: a lower priority, and an end with the worker that started it
+    (a worker killed outright, SIGKILL or out of memory, would otherwise leave it behind)."""
     os.nice(NICENESS)
+    worker = os.getppid()
+
+    def follow_worker() -> None:
+        while os.getppid() == worker:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=follow_worker, daemon=True).start()
 
 
 class SlowDecoding:
@@ -41,7 +53,7 @@ class SlowDecoding:
         if self._pool is None:
             # spawn: a fork of a worker with an event loop and database threads is not safe.
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_lower_priority)
+                                             initializer=_start_decoding_process)
         return self._pool
 
     async def run(self, function, *args):

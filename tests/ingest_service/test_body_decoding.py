@@ -183,3 +183,20 @@ def test_lz64_bodies_are_decoded_off_the_event_loop(collector_process, db, posth
     print(f"pixel p50 {pixel_p50 * 1000:.1f} ms, lz64 p50 {lz64_p50 * 1000:.1f} ms, {len(pixel_seconds)} pixels")
     assert pixel_p50 < lz64_p50 / 4, (pixel_p50, lz64_p50, len(pixel_seconds))
     assert db.execute("SELECT count(*) FROM events_log WHERE event_type = '$pageview'").fetchone()[0] >= 12_000
+
+
+def test_the_decoding_process_ends_with_its_worker_even_when_killed(collector_process, db, posthog_key):
+    import psutil
+
+    collector = collector_process()
+    body = lz64_form(json.dumps([{"event": "e", "properties": {"token": posthog_key, "distinct_id": "d"}}]))
+    assert httpx.post(f"{collector.url}/e/?compression=lz64", content=body, headers=FORM).status_code == 200
+    worker = psutil.Process(collector.process.pid)
+    decoders = [p for p in worker.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+    assert decoders, [p.cmdline() for p in worker.children(recursive=True)]
+    worker.kill()  # no shutdown: SIGKILL, as the out-of-memory killer would
+    collector.process.wait(10)
+    gone, alive = psutil.wait_procs(decoders, timeout=10)
+    for orphan in alive:  # leave nothing behind, even when failing
+        orphan.kill()
+    assert not alive
