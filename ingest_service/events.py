@@ -149,6 +149,7 @@ def inflate_gzip(body: bytes, limits: Limits) -> bytes:
 
 # orjson refuses documents nesting deeper than this (its own recursion limit).
 ORJSON_MAX_DEPTH = 1024
+_NOT_STRUCTURE = bytes(set(range(256)) - set(b'"[]{}'))
 
 
 def _without_escapes(text: bytes) -> bytes:
@@ -164,7 +165,11 @@ def nesting_depth(payload: bytes, stop: int | None = None) -> int:
     prefix = payload if stop is None else payload[:stop]
     if prefix.count(b"[") + prefix.count(b"{") <= ORJSON_MAX_DEPTH:
         return 0
-    outside = b"".join(_without_escapes(prefix).split(b'"')[::2])
+    # Only quotes and brackets matter; two quotes side by side (an empty string, or one string's
+    # end and the next one's start) change nothing for any bracket, so they go too, in C: the
+    # split then makes one piece per run of brackets at most, not one per string.
+    structure = _without_escapes(prefix).translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    outside = b"".join(structure.split(b'"')[::2])
     return outside.count(b"[") + outside.count(b"{") - outside.count(b"]") - outside.count(b"}")
 
 

@@ -3,7 +3,6 @@ each sent through the real collector and database: what a client gets back, what
 
 from __future__ import annotations
 
-import base64
 import gzip
 import json
 import threading
@@ -14,9 +13,9 @@ import httpx
 import lzstring
 import pytest
 
-MAX_INFLATION_RATIO = 400  # what gzip and lz64 may inflate to, times the body (docs/security.md)
 from pixelpipe.core import sites
 
+MAX_INFLATION_RATIO = 400  # what gzip and lz64 may inflate to, times the body (docs/security.md)
 SNOWPLOW = "/com.snowplowanalytics.snowplow/tp2"
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
