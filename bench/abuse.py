@@ -13,6 +13,13 @@
              /collect, basic auth on /v1/batch): 401, and at most one reload of `sites` a second
              slowloris: 256 botnet connections sending their headers a byte a second (closed after
              PIXELPIPE_HEADER_TIMEOUT_SECONDS, then opened again)
+  --attacks  which hostile requests (default: all of them, in turns); one kind alone puts all 64
+             connections on it, each request from a new address:
+               deep-nesting escapes  JSON nested past orjson's limit, then an unterminated string
+                                     of escaped quotes (33 KB plain, or 100 bytes of gzip) to
+                                     /collect and /v1/batch: quadratic before issue 20
+               lz64                  61 KB lz64 PostHog batches (1,000 events) to /e/: decoded on
+                                     the event loop before issue 20
 
 Targets (docs/benchmarks.md): the valid traffic keeps >= 0.95x its rate alone, p99 < 50 ms and
 no non-2xx; the database grows by at most 2 bytes per hostile byte received (the valid rows'
@@ -20,6 +27,7 @@ share, measured alone, is subtracted); the collector's RSS stays bounded.
 The collector runs with its defaults plus PIXELPIPE_RATE_LIMIT_PER_IP=20 (off by default): an
 address gets 20 events/s, a request costs one per event and one per 16 KiB it inflates to.
 Usage: python bench/abuse.py [--seconds 10] [--rate 2000] [--workers 2] [--ip-limit 20]
+                            [--attacks "deep-nesting escapes"|lz64]
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ BOTNET_CONNECTIONS = 48
 SLOWLORIS_CONNECTIONS = 256
 # Kinds of hostile request (hostile_requests); each engineer's own numbers, to merge cleanly.
 SDK_FLOOD, UNKNOWN_KEY = 10, 11
+# The parser attacks (issue 20): kind numbers in hostile_requests.
+PARSER_ATTACKS = {"deep-nesting escapes": (6, 7), "lz64": (8,)}
 
 
 async def _exchange(reader, writer, request: bytes) -> int:
@@ -120,8 +130,8 @@ def _bodies() -> tuple[bytes, bytes, bytes, bytes]:
     return bomb, amplifier, big_batch, sdk_inflating
 
 
-def hostile_requests(kinds: tuple[int, ...]):
-    """Hostile requests of the given kinds, round robin, forever: (bytes, kind)."""
+def hostile_requests(kinds: tuple[int, ...], start: int = 0):
+    """Hostile requests of the given kinds, round robin from the `start`th, forever: (bytes, kind)."""
     bomb, amplifier, big_batch, sdk_inflating = _bodies()
     sdk_floods = itertools.cycle((("/v1/batch", b""), ("/batch/", b""),
                                   ("/e/", b""), ("/com.snowplowanalytics.snowplow/tp2", b"")))
@@ -130,7 +140,13 @@ def hostile_requests(kinds: tuple[int, ...]):
         return (b"POST %s HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n%s\r\n" % (path, len(body), extra)) + body
 
-    for n in itertools.count():
+    unterminated, unterminated_gzip, lz64_form = parser_attack_bodies()
+
+    def sdk_post(path: bytes, body: bytes, content_type: bytes, extra: bytes = b"") -> bytes:
+        return (b"POST %s HTTP/1.1\r\nHost: collector\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+                % (path, content_type, len(body), extra)) + body
+
+    for n in itertools.count(start):
         kind = kinds[n % len(kinds)]
         if kind == 0:
             yield (b"GET /i?eventType=x&siteId=s HTTP/1.1\r\nHost: collector\r\n"
@@ -154,11 +170,40 @@ def hostile_requests(kinds: tuple[int, ...]):
             else:
                 yield post(b'{"batch": []}', b"Authorization: Basic %s\r\n" % base64.b64encode(key + b":"),
                            b"/v1/batch"), "unknown_key"
+        elif kind == 6:
+            yield post(unterminated), "deep_nesting_escapes"
+        elif kind == 7:
+            yield sdk_post(b"/v1/batch", unterminated_gzip, b"application/json",
+                           b"Content-Encoding: gzip\r\n"), "deep_nesting_escapes_gzip"
+        elif kind == 8:
+            yield sdk_post(b"/e/?compression=lz64", lz64_form, b"application/x-www-form-urlencoded"), "lz64"
         else:
             yield post(amplifier, b"Content-Encoding: gzip\r\n"), "amplifier"
 
 
-def _hostile_process(port: int, seconds: float, niceness: int, results) -> None:
+@functools.cache  # built once per process, not per connection
+def parser_attack_bodies() -> tuple[bytes, bytes, bytes]:
+    """Issue 20's parser attacks: nesting past orjson's limit then an unterminated string of
+    escaped quotes (plain 33 KB; gzip: ~100 bytes inflating to 40 KB), and a 61 KB lz64 form
+    of a 1,000-event PostHog batch under a key the collector does not know."""
+    import json
+    import random
+    from urllib.parse import urlencode
+
+    import lzstring
+
+    unterminated = b"[" * 1025 + b'"' + b'\\"' * 16_000
+    nested_gzip = gzip.compress(b"[" * 1025 + b'"' + b'\\"' * 20_000)
+    rng = random.Random(20)
+    events = [{"event": "$pageview", "uuid": f"0190c3a0-0000-7000-8000-{n:012x}",
+               "properties": {"token": "phc_not_a_key", "distinct_id": f"d-{rng.getrandbits(40):x}",
+                              "$current_url": f"https://shop.example.com/{n}?r={rng.getrandbits(64):x}"}}
+              for n in range(1000)]
+    form = urlencode({"data": lzstring.LZString().compressToBase64(json.dumps(events))}).encode()
+    return unterminated, nested_gzip, form
+
+
+def _hostile_process(port: int, seconds: float, niceness: int, results, attacks: str = "all") -> None:
     os.nice(niceness)
 
     async def run() -> dict:
@@ -167,9 +212,10 @@ def _hostile_process(port: int, seconds: float, niceness: int, results) -> None:
         counts: dict[str, dict[int, int]] = {}
         deadline = time.perf_counter() + seconds
 
-        async def connection(addresses, kinds: tuple[int, ...], fresh_address_each_time: bool) -> None:
+        async def connection(addresses, kinds: tuple[int, ...], fresh_address_each_time: bool,
+                             start: int = 0) -> None:
             nonlocal sent
-            requests = hostile_requests(kinds)
+            requests = hostile_requests(kinds, start)  # connections start at different kinds
             reader = writer = None
             while time.perf_counter() < deadline:
                 request, kind = next(requests)
@@ -217,11 +263,16 @@ def _hostile_process(port: int, seconds: float, niceness: int, results) -> None:
                 counts["slowloris"][ended] = counts["slowloris"].get(ended, 0) + 1
 
         botnet = (f"127.3.{n // 250}.{n % 250 + 1}" for n in itertools.cycle(range(60_000)))
-        await asyncio.gather(
-            *(connection(itertools.repeat(a), (4,), False) for a in OVER_LIMIT_ADDRESSES),
-            *(connection(itertools.repeat(a), (SDK_FLOOD,), False) for a in SDK_FLOOD_ADDRESSES),
-            *(connection(botnet, (0, 1, 2, 3, 5, UNKNOWN_KEY), True) for _ in range(BOTNET_CONNECTIONS)),
-            *(slowloris(botnet) for _ in range(SLOWLORIS_CONNECTIONS)))
+        if attacks in PARSER_ATTACKS:  # one kind alone, on every hostile connection
+            await asyncio.gather(*(connection(botnet, PARSER_ATTACKS[attacks], True)
+                                   for _ in range(len(OVER_LIMIT_ADDRESSES) + BOTNET_CONNECTIONS)))
+        else:
+            await asyncio.gather(
+                *(connection(itertools.repeat(a), (4,), False) for a in OVER_LIMIT_ADDRESSES),
+                *(connection(itertools.repeat(a), (SDK_FLOOD,), False) for a in SDK_FLOOD_ADDRESSES),
+                *(connection(botnet, (0, 1, 2, 3, 5, 6, 7, 8, UNKNOWN_KEY), True, n)
+                  for n in range(BOTNET_CONNECTIONS)),
+                *(slowloris(botnet) for _ in range(SLOWLORIS_CONNECTIONS)))
         return {"bytes": sent, "counts": counts}
 
     results.put(asyncio.run(run()))
@@ -269,6 +320,8 @@ def main() -> None:
     parser.add_argument("--attacker-nice", type=int, default=19,
                         help="CPU priority of the hostile client (19: it gets only what we leave, as an "
                         "attacker on another machine would; 0: it competes with us for the 2 cores)")
+    parser.add_argument("--attacks", default="all", choices=["all", *PARSER_ATTACKS],
+                        help="the hostile requests: all kinds in turns, or one parser attack alone")
     args = parser.parse_args()
     with benchmark_servers() as servers:
         url = servers["database_url"]
@@ -292,7 +345,8 @@ def main() -> None:
 
             size, rows = database_bytes(url), valid_rows(url)
             results = multiprocessing.Queue()
-            hostile = multiprocessing.Process(target=_hostile_process, args=(port, args.seconds + 0.4, args.attacker_nice, results))
+            hostile = multiprocessing.Process(target=_hostile_process, args=(port, args.seconds + 0.4, args.attacker_nice, results,
+                                                                        args.attacks))
             hostile.start()
             watched_trees = {"collector": tree(watched), "postgres": postgres_processes(),
                              "valid client": [psutil.Process()], "hostile client": [psutil.Process(hostile.pid)]}

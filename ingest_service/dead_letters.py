@@ -26,7 +26,7 @@ from ingest_service.events import (
     parse_events,
     site_id_from_url,
 )
-from ingest_service.sdks.posthog import capture_batch, decode_payload
+from ingest_service.sdks.posthog import Lz64Text, capture_batch, decode_payload
 from ingest_service.sdks.segment import segment_batch
 from ingest_service.sdks.snowplow import is_tracker_query, tp2_batch, tracker_event
 
@@ -77,7 +77,8 @@ def _posthog_batch(body: bytes, content_type: str | None, limits: Limits):
     try:
         return capture_batch(decode_payload(body, content_type, None, None, limits), limits)
     except BodyRejected:
-        return capture_batch(decode_payload(body, content_type, None, "lz64", limits), limits)
+        payload = decode_payload(body, content_type, None, "lz64", limits)
+        return capture_batch(payload.decode() if isinstance(payload, Lz64Text) else payload, limits)
 
 
 def _parsed(endpoint: str, content_type: str | None, body: bytes, site_for_key: SiteForKey,

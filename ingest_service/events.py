@@ -38,10 +38,9 @@ PATH_MAX = 500
 URL_MAX = 2048
 USER_AGENT_MAX = 512
 ACCEPTED_CONTENT_TYPES = ("application/json", "text/plain")
-# A gzip body may inflate to at most this many times its size: far more than real batches
-# compress, far less than a deflate bomb (ratios in docs/benchmarks.md). Checked after 64 KiB.
-MAX_GZIP_RATIO = 400
-_INFLATE_STEP = 64 * 1024
+# A compressed body (gzip, lz64) may inflate to at most this many times its size, from its first
+# byte: far more than real batches compress, far less than a bomb (ratios in docs/benchmarks.md).
+MAX_INFLATION_RATIO = 400
 # Always used with fullmatch: `$` would let a trailing newline through.
 SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -59,6 +58,9 @@ class BodyRejected(Exception):
         self.status = status
         self.code = code
         self.detail = detail
+
+    def __reduce__(self):  # raised in the decoding process too (ingest_service/offload.py)
+        return BodyRejected, (self.status, self.code, self.detail)
 
 
 class EventRejected(Exception):
@@ -111,26 +113,35 @@ def decode_body(body: bytes, content_type: str | None, content_encoding: str | N
     return inflate_gzip(body, limits)
 
 
+def inflation_cap(compressed_bytes: int, limits: Limits) -> int:
+    """How far a compressed body (gzip, lz64) may inflate: MAX_INFLATION_RATIO times its size,
+    from its first byte, and never past the body cap."""
+    return min(limits.max_body_bytes, MAX_INFLATION_RATIO * compressed_bytes)
+
+
+def too_inflated(encoding: str, past_ratio: bool, limits: Limits) -> BodyRejected:
+    """The refusal for a body that inflates past its cap, naming the bound it broke."""
+    if past_ratio:
+        return BodyRejected(
+            413, f"{encoding}_ratio",
+            f"The {encoding} body inflates more than {MAX_INFLATION_RATIO} times its size; send it "
+            "uncompressed or in smaller batches.")
+    return BodyRejected(413, "body_too_large",
+                        f"The {encoding} body inflates past the {limits.max_body_bytes}-byte cap; send smaller batches.")
+
+
 def inflate_gzip(body: bytes, limits: Limits) -> bytes:
-    """A gzip body inflated, never past the size cap nor past MAX_GZIP_RATIO times its size."""
+    """A gzip body inflated, never past the size cap nor past MAX_INFLATION_RATIO times its size:
+    zlib stops at the bound, so the work is linear in what was sent."""
+    cap = inflation_cap(len(body), limits)
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        # A first step, to see the ratio before paying for a whole megabyte.
-        inflated = inflater.decompress(body, min(_INFLATE_STEP, limits.max_body_bytes + 1))
-        if inflater.unconsumed_tail and len(body) - len(inflater.unconsumed_tail) < len(inflated) / MAX_GZIP_RATIO:
-            raise BodyRejected(
-                413, "gzip_ratio",
-                f"The gzip body inflates more than {MAX_GZIP_RATIO} times its size; send it uncompressed "
-                "or in smaller batches.")
-        if len(inflated) <= limits.max_body_bytes:
-            inflated += inflater.decompress(inflater.unconsumed_tail, limits.max_body_bytes + 1 - len(inflated))
+        inflated = inflater.decompress(body, cap + 1)
     except zlib.error as error:
         raise BodyRejected(400, "bad_gzip", f"The gzip body could not be inflated: {error}.") from None
-    if len(inflated) > limits.max_body_bytes or inflater.unconsumed_tail:
-        raise BodyRejected(
-            413, "body_too_large",
-            f"The gzip body inflates past the {limits.max_body_bytes}-byte cap; send smaller batches.",
-        )
+    if len(inflated) > cap:
+        consumed = len(body) - len(inflater.unconsumed_tail)
+        raise too_inflated("gzip", len(inflated) > MAX_INFLATION_RATIO * consumed, limits)
     if not inflater.eof:
         raise BodyRejected(400, "bad_gzip", "The gzip body is truncated.")
     return inflated
@@ -138,20 +149,50 @@ def inflate_gzip(body: bytes, limits: Limits) -> bytes:
 
 # orjson refuses documents nesting deeper than this (its own recursion limit).
 ORJSON_MAX_DEPTH = 1024
-_JSON_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_NOT_STRUCTURE = bytes(set(range(256)) - set(b'"[]{}'))
 
 
-def nesting_depth(payload: bytes) -> int:
-    """How deep a (possibly invalid) JSON text nests, strings skipped: why orjson refused it is
-    read from the text, not from its error message. Only called for a body orjson refused."""
-    if payload.count(b"[") + payload.count(b"{") <= ORJSON_MAX_DEPTH:
+def _without_escapes(text: bytes) -> bytes:
+    """The text with every escaped backslash and escaped quote removed, so that each `"` left
+    opens or closes a string. Runs of backslashes pair from their start, as a JSON string reads
+    them; two C-speed passes, linear (a regex doing this backtracks: quadratic on `\\"` runs)."""
+    return text.replace(b"\\\\", b"").replace(b'\\"', b"")
+
+
+def nesting_depth(payload: bytes, stop: int | None = None) -> int:
+    """How deeply the (possibly invalid) JSON text is nested at byte `stop` (default: its end),
+    brackets inside strings not counted. Linear: the strings are cut out by splitting at quotes."""
+    prefix = payload if stop is None else payload[:stop]
+    if prefix.count(b"[") + prefix.count(b"{") <= ORJSON_MAX_DEPTH:
         return 0
-    depth = deepest = 0
-    for byte in _JSON_STRINGS.sub(b"", payload).translate(None, _NOT_BRACKETS):
-        depth += 1 if byte in b"[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
+    # Only quotes and brackets matter; two quotes side by side (an empty string, or one string's
+    # end and the next one's start) change nothing for any bracket, so they go too, in C: the
+    # split then makes one piece per run of brackets at most, not one per string.
+    structure = _without_escapes(prefix).translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    outside = b"".join(structure.split(b'"')[::2])
+    return outside.count(b"[") + outside.count(b"{") - outside.count(b"]") - outside.count(b"}")
+
+
+def refused_json(payload: bytes, error: orjson.JSONDecodeError) -> BodyRejected:
+    """Why orjson refused a body, read from the text (not from orjson's message), in time linear
+    in its size: a string never closed, nesting past orjson's limit where it stopped, else the
+    parser's own words."""
+    if _without_escapes(payload).count(b'"') % 2:
+        return BodyRejected(400, "malformed_json",
+                            "The body is not valid JSON: a string is never closed.")
+    stop = getattr(error, "pos", None)
+    # orjson's position is just past the opening bracket it refused; one byte more is harmless.
+    if nesting_depth(payload, None if not isinstance(stop, int) else stop + 1) > ORJSON_MAX_DEPTH:
+        return BodyRejected(400, "too_deep", f"The JSON nests deeper than {MAX_DEPTH} levels.")
+    return BodyRejected(400, "malformed_json", f"The body is not valid JSON: {error}.")
+
+
+def load_json(payload: bytes):
+    """The body as JSON, or BodyRejected saying why not."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as error:
+        raise refused_json(payload, error) from None
 
 
 def parse_events(payload: bytes, limits: Limits) -> tuple[list, dict]:
@@ -160,13 +201,7 @@ def parse_events(payload: bytes, limits: Limits) -> tuple[list, dict]:
     Accepts one event object, a JSON array of events, or the tracker's batch envelope
     {"eventType": "batch", "events": [...]}; the envelope itself is not an event.
     """
-    try:
-        document = orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
-        if nesting_depth(payload) > ORJSON_MAX_DEPTH:
-            raise BodyRejected(400, "too_deep",
-                               f"The JSON nests deeper than {MAX_DEPTH} levels.") from None
-        raise BodyRejected(400, "malformed_json", f"The body is not valid JSON: {error}.") from None
+    document = load_json(payload)
     envelope: dict = {}
     if isinstance(document, dict) and document.get("eventType") == "batch":
         events = document.get("events")

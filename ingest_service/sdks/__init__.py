@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import orjson
-
-from ingest_service.events import ORJSON_MAX_DEPTH, BodyRejected, Limits, nesting_depth
+# load_json: the SDKs read JSON as /collect does (events.py), for the same reasons.
+from ingest_service.events import BodyRejected, Limits, load_json  # noqa: F401
 
 
 @dataclass
@@ -22,16 +21,6 @@ class SdkBatch:
     events: list
     write_key: str | None = None
     payload_bytes: int = 0
-
-
-def load_json(payload: bytes):
-    """The body as JSON, or BodyRejected as /collect would refuse it."""
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
-        if nesting_depth(payload) > ORJSON_MAX_DEPTH:
-            raise BodyRejected(400, "too_deep", "The JSON nests too deeply.") from None
-        raise BodyRejected(400, "malformed_json", f"The body is not valid JSON: {error}.") from None
 
 
 def checked_batch(events: list, limits: Limits, write_key, payload_bytes: int) -> SdkBatch:

@@ -4,16 +4,25 @@ project api_key (here: the site's write key) in the body, gzip or lz64 compressi
 from __future__ import annotations
 
 import base64
-import binascii
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-from ingest_service.events import EVENT_TYPE_MAX, BodyRejected, Limits, SdkEvent, inflate_gzip
+from ingest_service.events import (
+    EVENT_TYPE_MAX,
+    BodyRejected,
+    Limits,
+    SdkEvent,
+    inflate_gzip,
+    inflation_cap,
+    too_inflated,
+)
 from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json, without_credentials
 from ingest_service.sdks.lz64 import decompress_base64
 
 SOURCE = "posthog"
-# lz-string decompresses at well under 1 MB/s in Python: a body of this size costs ~0.1 s. Modern
-# posthog-js sends gzip; lz64 is only for older versions, whose batches are small.
+# lz-string decompresses at ~3 MB/s in Python (~20 ms for this size, off the event loop:
+# ingest_service/offload.py). Modern posthog-js sends gzip; lz64 is only for older versions,
+# whose batches are small.
 LZ64_MAX_BODY = 64 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 # Where PostHog's SDKs put the project key (here: the site's write key) in an event.
@@ -21,12 +30,25 @@ CREDENTIALS = ("api_key", "token")
 PROPERTY_CREDENTIALS = ("token",)
 
 
+@dataclass(frozen=True)
+class Lz64Text:
+    """A form's lz64 `data`, to be decoded (lz64.decompress_base64) within `max_bytes`."""
+
+    text: str
+    max_bytes: int
+    too_large: BodyRejected
+
+    def decode(self) -> bytes:
+        return decompress_base64(self.text, self.max_bytes, self.too_large)
+
+
 def decode_payload(body: bytes, content_type: str | None, content_encoding: str | None,
-                   compression: str | None, limits: Limits) -> bytes:
+                   compression: str | None, limits: Limits) -> bytes | Lz64Text:
     """The JSON text of a capture request, however posthog-js or posthog-python packed it:
     plain, gzip (Content-Encoding, ?compression=gzip-js, or just gzip's magic bytes: posthog-js
-    1.449 marks it nowhere), or a form field `data` holding
-    base64 or lz-string base64 (?compression=lz64)."""
+    1.449 marks it nowhere), or a form field `data` holding base64, or lz-string base64
+    (?compression=lz64), which is returned undecoded: it is slow, the caller decodes it off the
+    event loop. Either compression may inflate MAX_INFLATION_RATIO times the body, at most."""
     media_type = (content_type or "").split(";")[0].strip().lower()
     gzip = (content_encoding or "").strip().lower() == "gzip" or compression in ("gzip", "gzip-js")
     if gzip or body[:2] == _GZIP_MAGIC:  # posthog-js may send gzip as text/plain, unmarked
@@ -43,10 +65,11 @@ def decode_payload(body: bytes, content_type: str | None, content_encoding: str 
         if len(body) > LZ64_MAX_BODY:
             raise BodyRejected(413, "body_too_large", f"An lz64 body may be at most {LZ64_MAX_BODY} bytes; "
                                "newer posthog-js versions send gzip, which has no such limit.")
-        return decompress_base64(data, limits.max_body_bytes).encode()
+        cap = inflation_cap(len(body), limits)
+        return Lz64Text(data, cap, too_inflated("lz64", cap < limits.max_body_bytes, limits))
     try:
         return base64.b64decode(data, validate=False)
-    except (binascii.Error, ValueError):
+    except ValueError:  # binascii.Error, or a non-ASCII character
         raise BodyRejected(400, "bad_base64", "The form field `data` is not base64.") from None
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 
 from ingest_service.events import EVENT_TYPE_MAX, BodyRejected, Limits, SdkEvent
 from ingest_service.sdks import SdkBatch, as_dict, checked_batch, load_json, without_credentials
@@ -18,14 +17,22 @@ CREDENTIALS = ("writeKey",)
 
 
 def basic_auth_user(authorization: str | None) -> str | None:
-    """The user of `Authorization: Basic base64(user:password)`: where the SDKs put the write key."""
+    """The user of `Authorization: Basic base64(user:password)`: where the SDKs put the write key.
+    None when there is none, or when it does not decode (segment_batch refuses that request)."""
+    try:
+        return _decoded_basic_user(authorization)
+    except ValueError:
+        return None
+
+
+def _decoded_basic_user(authorization: str | None) -> str | None:
+    """Every way a Basic header fails to decode is a ValueError: binascii.Error, the
+    UnicodeDecodeError of a user that is not UTF-8, and the plain ValueError b64decode raises for
+    a non-ASCII character (which was a 500)."""
     scheme, _, encoded = (authorization or "").partition(" ")
     if scheme.lower() != "basic":
         return None
-    try:
-        return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0] or None
-    except (binascii.Error, UnicodeDecodeError):
-        return None
+    return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0] or None
 
 
 def message_event(message, call: str) -> SdkEvent:
@@ -72,7 +79,13 @@ def segment_batch(payload: bytes, call: str, authorization: str | None, limits: 
             raise BodyRejected(400, "malformed_batch", '/v1/batch needs "batch": a JSON array of messages.')
     else:
         messages = [document]
-    key = basic_auth_user(authorization) or document.get("writeKey")
+    try:
+        key = _decoded_basic_user(authorization) or document.get("writeKey")
+    except ValueError:
+        # The client meant to present a key: not passed over for one in the body.
+        raise BodyRejected(400, "malformed_authorization",
+                           "The Authorization header is not `Basic base64(writeKey:)` in ASCII; send the "
+                           "site's write key as the SDK's writeKey.") from None
     return checked_batch([message_event(m, call) for m in messages], limits, key, len(payload))
 
 

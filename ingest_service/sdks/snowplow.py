@@ -4,7 +4,6 @@ POST /com.snowplowanalytics.snowplow/tp2 with a payload_data array. `aid` (the a
 from __future__ import annotations
 
 import base64
-import binascii
 
 import orjson
 
@@ -30,10 +29,16 @@ def _decoded(params: dict) -> dict:
     raw = dict(params)
     for encoded, plain in _ENCODED:
         if encoded in raw:
-            text = str(raw.pop(encoded))
+            # A tp2 payload is JSON: the field may hold any value. Only a string is base64 (str()
+            # of a list nested 1,000 deep raised RecursionError: a 500).
+            text = raw.pop(encoded)
+            if not isinstance(text, str):
+                raise EventRejected("bad_base64", f"The {encoded!r} parameter must be a base64 string.")
             try:
+                # binascii.Error, a non-ASCII character's ValueError, orjson's JSONDecodeError
+                # (also for nesting past its limit): all ValueErrors.
                 raw[plain] = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-            except (binascii.Error, ValueError):
+            except ValueError:
                 raise EventRejected("bad_base64", f"The {encoded!r} parameter is not base64 JSON.") from None
         elif isinstance(raw.get(plain), str):
             try:

@@ -91,3 +91,40 @@ def test_any_pixel_query_gets_the_gif(database_url, db, query):
     with make_client(database_url) as client:
         response = client.get("/i?" + quote(query.encode("utf-8", "surrogatepass"), safe="=&%"))
     assert response.status_code == 200 and response.content.startswith(b"GIF89a")
+
+
+# --- the depth reading of a refused body (events.nesting_depth) ------------------------------------
+
+def _reference_depth(text: bytes, stop: int) -> int:
+    """A JSON scanner, byte by byte: the nesting at `stop`, strings and their escapes skipped."""
+    depth, in_string, escaped = 0, False, False
+    for byte in text[:stop]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == ord("\\"):
+                escaped = True
+            elif byte == ord('"'):
+                in_string = False
+        elif byte == ord('"'):
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+        elif byte in b"]}":
+            depth -= 1
+    return depth
+
+
+string_bodies = st.lists(st.sampled_from(["a", "[", "]", "{", "}", '\\"', "\\\\", "\\n"]), max_size=8).map(
+    lambda parts: '"' + "".join(parts) + '"')
+structure = st.lists(st.one_of(st.sampled_from(["[", "]", "{", "}", ",", ":", "1"]), string_bodies), max_size=60)
+
+
+@given(structure, st.integers(min_value=0, max_value=2000))
+@settings(max_examples=300, deadline=None)
+def test_nesting_depth_skips_strings_as_a_json_scanner_does(parts, stop):
+    from ingest_service import events
+
+    text = ("[" * 1025 + "".join(parts)).encode()  # past the count that skips the reading
+    stop = min(stop + 1025, len(text))  # also inside a string, or between a backslash and its escape
+    assert events.nesting_depth(text, stop) == _reference_depth(text, stop)
