@@ -12,7 +12,12 @@ from psycopg.types.json import Jsonb
 
 from pipeline.assets.export import hourly_export
 from pipeline.resources import PipelineSettings, PostgresResource
-from pixelpipe.core.events_log import PartitionBusy, drop_partition_if, hour_partitions, sealed_partitions
+from pixelpipe.core.events_log import (
+    PartitionBusy,
+    drop_partition_if,
+    hour_partitions,
+    sealed_partitions,
+)
 
 # Hours that are kept are only counted for the report, and an unsealed hour is sealed before it
 # is counted and dropped: a busy one (an export reading it) is reported rather than waited for.
