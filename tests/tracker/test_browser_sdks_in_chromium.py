@@ -60,14 +60,16 @@ def open_page(browser, site, path: str, html: str):
     return page
 
 
-def test_snowplow_browser_tracker_with_its_default_credentials(browser, site, db, live_collector):
-    """v4 sends with `credentials: "include"` by default: a `*` answer would be refused."""
+@pytest.mark.parametrize("method", ["post", "get"])
+def test_snowplow_browser_tracker_with_its_default_credentials(method, browser, site, db, live_collector):
+    """v4 sends with `credentials: "include"` by default: a `*` answer would be refused, and
+    the tracker would re-send its first event again and again (GET goes to the pixel's /i)."""
     package = npm_package(*SNOWPLOW)
     site.pages["/sp.js"] = package / "dist" / "index.umd.min.js"
     page = open_page(browser, site, "/shop", (
         '<script src="/sp.js"></script><script>'
         "window.delivered = 0; window.failures = [];"
-        f'snowplowBrowserTracking.newTracker("sp", "{live_collector.url}", {{appId: "shop",'
+        f'snowplowBrowserTracking.newTracker("sp", "{live_collector.url}", {{appId: "shop", eventMethod: "{method}",'
         " onRequestSuccess: (payloads) => { window.delivered += payloads.length; },"
         " onRequestFailure: (failure) => { window.failures.push(failure.status || 0); }});"
         'snowplowBrowserTracking.setUserId("user-1");'
@@ -80,7 +82,7 @@ def test_snowplow_browser_tracker_with_its_default_credentials(browser, site, db
              "the Snowplow tracker did not hear back from the collector", page=page)
     wait_for(traffic.settled, "a request to the collector did not end", page=page)
     assert page.evaluate("window.failures") == [] and traffic.failed == []
-    assert all(request.method == "POST" for request in traffic.finished)
+    assert {request.method for request in traffic.finished} == {method.upper()}
     rows = stored(db, "snowplow")
     assert sorted(row[1] for row in rows) == ["event", "page_view"]
     for site_id, _, visitor, stored_id, raw in rows:
