@@ -25,12 +25,12 @@ import orjson
 import psycopg
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest_service.admission import SiteDirectory, TokenBuckets
+from ingest_service.cors import CorsMiddleware, CorsPolicy, note_site
 from ingest_service.events import (
     EVENT_COLUMNS,
     URL_MAX,
@@ -48,7 +48,9 @@ from ingest_service.events import (
 from ingest_service.metrics import CollectorMetrics
 from ingest_service.offload import SlowDecoding
 from ingest_service.openapi import OPENAPI
+from ingest_service.sdks.jitsu import jitsu_batch
 from ingest_service.sdks.posthog import Lz64Text, capture_answer, capture_batch, decode_payload
+from ingest_service.sdks.rudderstack import beacon_batch
 from ingest_service.sdks.segment import CALLS as SEGMENT_CALLS
 from ingest_service.sdks.segment import SHORT_CALLS as SEGMENT_SHORT_CALLS
 from ingest_service.sdks.segment import basic_auth_user, segment_answer, segment_batch
@@ -72,7 +74,6 @@ _PIXEL_START = {
     "headers": [(b"content-type", b"image/gif"), (b"content-length", str(len(PIXEL_GIF)).encode()),
                 (b"cache-control", b"no-store, max-age=0")],
 }
-_ANY_ORIGIN = [(b"access-control-allow-origin", b"*")]
 _PIXEL_BODY = {"type": "http.response.body", "body": PIXEL_GIF}
 _EMPTY_BODY = {"type": "http.response.body", "body": b""}
 RETRY_AFTER_SECONDS = "5"
@@ -233,12 +234,15 @@ class Collector:
         self.tracker_js = tracker
         self.tracker_gz = gzip.compress(tracker, 9, mtime=0)  # what browsers download (~2.6 KB)
         self.tracker_etag = '"' + hashlib.sha256(tracker).hexdigest()[:16] + '"'
-        origins = frozenset(settings.cors_origins or ("*",))
-        self.cors_origins = frozenset() if "*" in origins else origins  # empty: any origin
+        self.cors = CorsPolicy(settings.cors_origins, self.site_hosts)
         self._ready = (-READINESS_TTL_SECONDS, False)
         self._ready_lock = asyncio.Lock()
 
     # --- the one intake path -----------------------------------------------------------------
+
+    def site_hosts(self, site: str) -> tuple[str, ...] | None:
+        rule = self.sites.sites.get(site)
+        return rule.allowed_hosts if rule is not None else None
 
     def context(self, peer: str | None, forwarded: str | None, user_agent: str | None,
                 referer: str | None, origin: str | None) -> RequestContext:
@@ -546,12 +550,8 @@ class Collector:
         # broken image.
         if origin is None:
             await send(_PIXEL_START)
-        elif not self.cors_origins:
-            await send({**_PIXEL_START, "headers": _PIXEL_START["headers"] + _ANY_ORIGIN})
-        else:
-            allowed = [(b"access-control-allow-origin", origin.encode("latin-1"))] \
-                if origin in self.cors_origins else []
-            await send({**_PIXEL_START, "headers": [*_PIXEL_START["headers"], *allowed, (b"vary", b"Origin")]})
+        else:  # Snowplow's GET is a credentialed fetch: CORS as for every other route
+            await send({**_PIXEL_START, "headers": _PIXEL_START["headers"] + self.cors.response_headers(origin)})
         await send(_PIXEL_BODY)
 
     async def collect(self, request: Request) -> Response:
@@ -578,6 +578,7 @@ class Collector:
                     Intake("/collect", content_type, context, b"", declared_size(request)), 401,
                     "invalid_write_key", "The Authorization header holds no valid write key (Bearer <key>); "
                     "`pixelpipe site key SITE` makes one. Nothing was stored.")
+        note_site(request.scope, keyed_site)
         try:
             body, size = await self._read_body(request)
         except BodyRejected as error:
@@ -625,6 +626,23 @@ class Collector:
         outcome = await self._sdk(request, lambda payload: capture_batch(payload, self.limits),
                                   keyed=True, decode=decode)
         return _json(capture_answer(outcome.body(), outcome.status), outcome.status, outcome.headers())
+
+    async def rudderstack_beacon(self, request: Request) -> Response:
+        """RudderStack's browser SDK with `useBeacon`: a batch, the write key in the query string."""
+        key = request.query_params.get("writeKey")
+        outcome = await self._sdk(request, lambda payload: beacon_batch(payload, key, self.limits),
+                                  keyed=True, header_key=key)
+        return _json(segment_answer(outcome.body(), outcome.status), outcome.status, outcome.headers())
+
+    async def jitsu(self, request: Request) -> Response:
+        """Jitsu's SDKs: one Segment-shaped event per request, the write key in X-Write-Key."""
+        call, key = request.path_params["call"], request.headers.get("x-write-key")
+        if call not in SEGMENT_CALLS or call == "batch":
+            detail = f"/api/s/{call} is not a Jitsu event type; use page, track, identify, group, alias or screen."
+            return _json({"error": "not_found", "detail": detail}, 404)
+        outcome = await self._sdk(request, lambda payload: jitsu_batch(payload, call, key, self.limits),
+                                  keyed=True, header_key=key)
+        return _json(segment_answer(outcome.body(), outcome.status), outcome.status, outcome.headers())
 
     async def snowplow(self, request: Request) -> Response:
         """Snowplow trackers' POST; their GET is the pixel's /i."""
@@ -678,6 +696,7 @@ class Collector:
                     intake, 401, "invalid_write_key",
                     "No valid write key: send the site's key as the SDK's write key / api_key "
                     "(`pixelpipe site key SITE` makes one). Nothing was stored.", len(batch.events))
+        note_site(request.scope, keyed_site)
         envelope = {"siteId": keyed_site} if keyed_site else None
         return await self.ingest(intake, batch.events, envelope, batch.payload_bytes, keyed_site)
 
@@ -831,22 +850,15 @@ def create_app(settings: Settings, database_url: str, extra_routes: list | None 
             *(Route(path, collector.posthog, methods=["POST"])
               for path in ("/batch/", "/capture/", "/e/", "/i/v0/e/")),
             Route("/com.snowplowanalytics.snowplow/tp2", collector.snowplow, methods=["POST"]),
+            Route("/beacon/v1/batch", collector.rudderstack_beacon, methods=["POST"]),
+            *(Route(path, collector.jitsu, methods=["POST"]) for path in ("/api/s/{call}", "/api/s/s2s/{call}")),
             Route("/t.js", collector.tracker, methods=["GET"]),
             Route("/healthz", collector.healthz, methods=["GET"]),
             *operator_routes,
             Route("/openapi.json", collector.openapi, methods=["GET"]),
             *(extra_routes or []),
         ],
-        middleware=[
-            Middleware(
-                CORSMiddleware,
-                allow_origins=sorted(collector.cors_origins) or ["*"],
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Content-Type", "Content-Encoding", "Authorization"],
-                allow_credentials=False,
-                max_age=86400,
-            )
-        ],
+        middleware=[Middleware(CorsMiddleware, policy=collector.cors)],
         lifespan=lifespan,
     )
     return _PixelFirst(app, collector)

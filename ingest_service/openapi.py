@@ -121,6 +121,22 @@ _SDK_PATHS = {
 }
 _SDK_PATHS["/v1/{call}"]["post"]["parameters"] = [{"name": "call", "in": "path", "required": True, "schema": {
     "enum": ["batch", "track", "page", "screen", "identify", "group", "alias"]}}]
+_SDK_PATHS["/beacon/v1/batch"] = _sdk_operation(
+    "RudderStack's beacon transport (its browser SDK with useBeacon): {batch: [...]} sent as text/plain, "
+    "the write key in ?writeKey=.",
+    {**_OBJECT, "required": ["batch"], "properties": {
+        "batch": {"type": "array", "items": _SEGMENT_MESSAGE, "maxItems": 1000}}},
+    keyed=True)
+_SDK_PATHS["/beacon/v1/batch"]["post"]["parameters"] = [
+    {"name": "writeKey", "in": "query", "required": False, "schema": {"type": "string"}}]
+for _path in ("/api/s/{call}", "/api/s/s2s/{call}"):
+    _SDK_PATHS[_path] = _sdk_operation(
+        "Jitsu's SDKs (@jitsu/js): one Segment-shaped event of the path's type; the write key in "
+        "X-Write-Key. Stored with source `jitsu`.", _SEGMENT_MESSAGE, keyed=True)
+    _SDK_PATHS[_path]["post"]["parameters"] = [
+        {"name": "call", "in": "path", "required": True, "schema": {
+            "enum": ["track", "page", "screen", "identify", "group", "alias"]}},
+        {"name": "X-Write-Key", "in": "header", "required": False, "schema": {"type": "string"}}]
 
 OPENAPI = {
     "openapi": "3.1.0",

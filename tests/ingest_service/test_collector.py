@@ -185,11 +185,13 @@ def test_cors_preflight_and_simple_request(client):
     preflight = client.options("/collect", headers={
         "origin": "https://shop.example.com", "access-control-request-method": "POST",
         "access-control-request-headers": "content-type"})
-    assert preflight.status_code == 200
-    assert preflight.headers["access-control-allow-origin"] in ("*", "https://shop.example.com")
-    assert "access-control-allow-credentials" not in preflight.headers
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "https://shop.example.com"
+    assert preflight.headers["access-control-allow-credentials"] == "true"
     simple = post(client, {"eventType": "x", "siteId": "s"}, origin="https://shop.example.com")
-    assert simple.headers["access-control-allow-origin"] == "*"
+    assert simple.headers["access-control-allow-origin"] == "https://shop.example.com"
+    assert simple.headers["vary"] == "Origin"
+    assert "access-control-allow-origin" not in post(client, {"eventType": "x", "siteId": "s"}).headers
 
 
 def test_cors_restricted_to_configured_origins(database_url):
@@ -199,13 +201,15 @@ def test_cors_restricted_to_configured_origins(database_url):
         denied = restricted.options("/collect", headers={
             "origin": "https://evil.example", "access-control-request-method": "POST"})
     assert ok.headers["access-control-allow-origin"] == "https://allowed.example"
-    assert denied.status_code == 400
+    assert denied.status_code == 403 and denied.json()["error"] == "origin_not_allowed"
+    assert "access-control-allow-origin" not in denied.headers
 
 
 def test_pixel_answers_cors_like_the_other_routes(client, database_url):
     pixel = {"eventType": "pageview", "siteId": "s"}
-    assert client.get("/i", params=pixel, headers={"origin": "https://a.example"}) \
-        .headers["access-control-allow-origin"] == "*"
+    anywhere = client.get("/i", params=pixel, headers={"origin": "https://a.example"})
+    assert anywhere.headers["access-control-allow-origin"] == "https://a.example"
+    assert anywhere.headers["access-control-allow-credentials"] == "true"
     assert "access-control-allow-origin" not in client.get("/i", params=pixel).headers
     with make_client(database_url, cors_origins=("https://allowed.example",)) as restricted:
         ok = restricted.get("/i", params=pixel, headers={"origin": "https://allowed.example"})

@@ -304,3 +304,36 @@ def test_tracker_payloads_of_any_json_shape_are_answered_never_500(database_url,
     assert answer.status_code == 200 and (answer.json()["accepted"], answer.json()["rejected"]) == (2, 1)
     assert answer.json()["errors"][0]["error"] == "missing_event_type"
     assert [row[2] for row in stored(db, "snowplow")] == ["unstruct", "unstruct"]
+
+
+def test_rudderstack_beacon_and_jitsu_routes(database_url, db):
+    """RudderStack's useBeacon batch (key in the query string, text/plain) and Jitsu's
+    /api/s/{type} (key in X-Write-Key) land as Segment-shaped events of the key's site."""
+    from tests.ingest_service.conftest import make_client
+
+    sites.save_site(db, "shop", create=True)
+    key = sites.new_write_key(db, "shop")
+    page = {"page": {"url": "https://shop.example.com/a", "path": "/a"}}
+    beacon = json.dumps({"batch": [
+        {"type": "page", "messageId": "rs-1", "anonymousId": "anon-1", "context": page},
+        {"type": "track", "event": "Added", "messageId": "rs-2", "anonymousId": "anon-1", "context": page}],
+        "sentAt": "2026-12-05T08:00:00.000Z"})
+    jitsu = {"type": "page", "messageId": "js-1", "anonymousId": "anon-2", "context": page}
+    with make_client(database_url) as client:
+        sent = client.post(f"/beacon/v1/batch?writeKey={key}", content=beacon,
+                           headers={"Content-Type": "text/plain;charset=UTF-8"})
+        unkeyed = client.post("/beacon/v1/batch", content=beacon, headers={"Content-Type": "text/plain"})
+        posted = client.post("/api/s/page", json=jitsu, headers={"X-Write-Key": key})
+        server = client.post("/api/s/s2s/track", json={**jitsu, "type": "track", "event": "Paid",
+                                                       "messageId": "js-2"}, headers={"X-Write-Key": key})
+        wrong_type = client.post("/api/s/nope", json=jitsu, headers={"X-Write-Key": key})
+        wrong_key = client.post("/api/s/page", json=jitsu, headers={"X-Write-Key": "nope"})
+    assert sent.status_code == 200 and sent.json()["accepted"] == 2
+    assert unkeyed.status_code == 401 and unkeyed.json()["code"] == "invalid_write_key"
+    assert posted.status_code == 200 and server.status_code == 200
+    assert wrong_type.status_code == 404 and wrong_key.status_code == 401
+    assert [row[1:5] for row in stored(db, "segment")] == [
+        ("shop", "page", "anon-1", "https://shop.example.com/a"),
+        ("shop", "Added", "anon-1", "https://shop.example.com/a")]
+    assert [(row[1], row[2], row[3]) for row in stored(db, "jitsu")] == [
+        ("shop", "page", "anon-2"), ("shop", "Paid", "anon-2")]

@@ -4,10 +4,16 @@ t.js served from another origin, as on the web."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import os
 import shutil
+import tarfile
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -91,11 +97,16 @@ def live_collector(database_url):
 
 
 class _Pages(BaseHTTPRequestHandler):
-    pages: dict[str, str] = {}
+    pages: dict[str, str | Path] = {}
 
     def do_GET(self):  # noqa: N802 - http.server's name
         body = self.pages.get(self.path.split("?")[0])
         self.send_response(200 if body else 404)
+        if isinstance(body, Path):  # a script the site hosts itself (an SDK's published file)
+            self.send_header("Content-Type", "application/javascript")
+            self.end_headers()
+            self.wfile.write(body.read_bytes())
+            return
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.end_headers()
         self.wfile.write((body or "not found").encode())
@@ -110,7 +121,7 @@ class Site:
 
     origin: str
     collector_url: str
-    pages: dict[str, str]
+    pages: dict[str, str | Path]
 
     def page(self, path: str, body: str = "", **attributes: str) -> str:
         """Serve an HTML page at `path` whose script tag has these data- attributes."""
@@ -146,3 +157,28 @@ def wait_for(condition: Callable, message: str, timeout: float = 30, page=None):
         else:
             time.sleep(0.05)
     return result
+
+
+def npm_package(name: str, version: str, integrity: str) -> Path:
+    """The package's published files, fetched from the npm registry once (checked against the
+    registry's SHA-512) into the user's cache; the test is skipped when the registry cannot be
+    reached. Returns the folder holding package.json."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pixelpipe-tests" / f"{name}-{version}"
+    if (cache / "package.json").exists():
+        return cache
+    url = f"https://registry.npmjs.org/{name}/-/{name.rpartition('/')[2]}-{version}.tgz"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            tarball = response.read()
+    except OSError as error:
+        pytest.skip(f"cannot fetch {name}@{version} from the npm registry ({error}); it is fetched once into {cache}")
+    algorithm, _, expected = integrity.partition("-")
+    assert base64.b64encode(hashlib.new(algorithm, tarball).digest()).decode() == expected, f"{name} integrity"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache.parent))
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as archive:
+        archive.extractall(staging, filter="data")
+    shutil.rmtree(cache, ignore_errors=True)
+    (staging / "package").rename(cache)  # whole, or not at all: a half-extracted cache is never used
+    shutil.rmtree(staging, ignore_errors=True)
+    return cache

@@ -4,53 +4,23 @@ exported once."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
-import os
-import tarfile
-import urllib.request
-from pathlib import Path
-
 import pytest
 
 from pipeline.export_files import resent_row_ids
 from pixelpipe.core import sites
-from tests.tracker.conftest import wait_for
+from tests.tracker.conftest import npm_package, wait_for
 
 pytestmark = pytest.mark.browser
 
 # The published file, fetched from the npm registry at set-up (checked against the registry's
-# SHA-512), cached per version. It is Apache-2.0 licensed (its LICENSE is cached beside it).
+# SHA-512), cached per version. It is Apache-2.0 licensed (its LICENSE is in the cached package).
 POSTHOG_JS = ("posthog-js", "1.449.2",
               "sha512-vji+h92IHaLlFSEnRH1hwe8uLWGOdDUImmPXexj/+V7Xm7HTxIQisYE/Kom7Aaw4DRpzfdhQxiyAN1YVYR4G8Q==")
 
 
-def npm_file(name: str, version: str, integrity: str, member: str) -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pixelpipe-tests" / f"{name}-{version}"
-    target = cache / member
-    if target.exists():
-        return target
-    url = f"https://registry.npmjs.org/{name}/-/{name}-{version}.tgz"
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            tarball = response.read()
-    except OSError as error:
-        pytest.skip(f"cannot fetch {name}@{version} from the npm registry ({error}); it is fetched once "
-                    f"into {cache}")
-    algorithm, _, expected = integrity.partition("-")
-    assert base64.b64encode(hashlib.new(algorithm, tarball).digest()).decode() == expected, "integrity"
-    with tarfile.open(fileobj=io.BytesIO(tarball)) as archive:
-        for wanted in (member, "LICENSE"):
-            path = cache / wanted
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(archive.extractfile(f"package/{wanted}").read())
-    return target
-
-
 def test_posthog_js_sends_to_pixelpipe_and_its_retry_is_exported_once(browser, site, db, live_collector,
                                                                        database_url):
-    library = npm_file(*POSTHOG_JS, "dist/array.js")
+    library = npm_package(*POSTHOG_JS) / "dist" / "array.js"
     sites.save_site(db, "shop", create=True)
     key = sites.new_write_key(db, "shop")
     site.pages["/home"] = (
