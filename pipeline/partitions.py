@@ -28,3 +28,6 @@ def run_hours(context) -> list:
     key_range = context.partition_key_range
     keys = hourly_partitions.get_partition_keys_in_range(key_range)
     return [hourly_partitions.time_window_for_partition_key(key).start for key in keys]
+
+# UTC days of ingest hours: a day's analytics depend on its 24 hourly_export partitions.
+daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START[:10], timezone="UTC")

@@ -420,7 +420,7 @@ def compute_site_day(con: duckdb.DuckDBPyConnection, site_id: str, day: date, ho
         used = {k: v for k, v in params.items() if f"${k}" in query}
         result.files[dataset] = _write(con, dataset, query, used, spool, rows_per_file)
         result.rows[dataset] = sum(f.rows for f in result.files[dataset])
-    metrics = con.execute(_OUTPUT_SQL["daily_site_metrics"], params).fetch_arrow_table().to_pylist()[0]
+    metrics = con.execute(_OUTPUT_SQL["daily_site_metrics"], params).to_arrow_table().to_pylist()[0]
     result.metrics = metrics
     counts = con.execute(f"""SELECT count(*) FILTER (clamped), count(*) FILTER (has_bad_value),
         (SELECT count(DISTINCT visitor_id) FROM visitor_split

@@ -1,0 +1,112 @@
+"""The analytics' side of the buckets: a day's exported hours read from the backup bucket (each
+file checked against its hour's receipt), a site-day's datasets written to the client's bucket
+with their receipts. No Dagster, no database: a day can be computed from the buckets alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from pipeline.analytics.daily import ANALYTICS_SCHEMA_VERSION, DATASETS, SiteDay
+from pipeline.object_store import delete_keys, list_keys, upload_file
+from pixelpipe.core.receipts import ANALYTICS_DIR, RECEIPT_NAME, dataset_receipt_bytes
+
+
+def dataset_prefix(dataset: str, site_id: str, day: date, prefix: str = "") -> str:
+    """<prefix>analytics/<dataset>/site_id=<site>/date=<YYYY-MM-DD>/"""
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return f"{prefix}{ANALYTICS_DIR}{dataset}/site_id={site_id}/date={day:%Y-%m-%d}/"
+
+
+@dataclass
+class DayInput:
+    """One site's exported hours of a day in the backup bucket, as their receipts list them."""
+
+    site_id: str
+    hours: int = 0
+    rows: int = 0
+    files: list[tuple[str, str]] = field(default_factory=list)  # (key, sha256)
+    problems: list[str] = field(default_factory=list)
+
+
+def day_inputs(client, backup_bucket: str, day: date) -> dict[str, DayInput]:
+    """Every site with an exported hour on `day`, from the receipts in the backup bucket (a data
+    file that no receipt lists is not read: its hour is incomplete)."""
+    sites = []
+    for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=backup_bucket, Prefix="site_id=", Delimiter="/"):
+        sites += [p["Prefix"][len("site_id="):-1] for p in page.get("CommonPrefixes", [])]
+    inputs = {}
+    for site in sorted(sites):
+        receipts = [k for k in list_keys(client, backup_bucket, f"site_id={site}/date={day:%Y-%m-%d}/")
+                    if k.endswith("/" + RECEIPT_NAME)]
+        if not receipts:
+            continue
+        found = inputs[site] = DayInput(site)
+        for key in sorted(receipts):
+            receipt = json.loads(client.get_object(Bucket=backup_bucket, Key=key)["Body"].read())
+            found.hours += 1
+            found.rows += receipt["rows"]
+            hour_prefix = key[: -len(RECEIPT_NAME)]
+            found.files += [(hour_prefix + f["name"], f["sha256"]) for f in receipt["files"]]
+    return inputs
+
+
+def download_day(client, backup_bucket: str, day_input: DayInput, spool: Path) -> list[Path]:
+    """The site-day's files on local disk; a file whose SHA-256 differs from its receipt is
+    left out and named in `day_input.problems` (the day is then not computed)."""
+    spool.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, (key, sha256) in enumerate(day_input.files):
+        path = spool / f"input-{n:05d}.parquet"
+        client.download_file(backup_bucket, key, str(path))
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != sha256:
+            day_input.problems.append(f"s3://{backup_bucket}/{key}: SHA-256 differs from its hour's receipt")
+            continue
+        paths.append(path)
+    return paths
+
+
+def publish_site_day(client, bucket: str, prefix: str, site_day: SiteDay, day_input: DayInput,
+                     computed_at: datetime | None = None) -> list[str]:
+    """Each dataset's files into the client's bucket, then what an earlier run left there and this
+    one did not write is removed, then the receipt: its presence means the day is complete."""
+    computed_at = computed_at or datetime.now(UTC)
+    written = []
+    inputs = {"hours": day_input.hours, "rows": day_input.rows, "duplicates": site_day.duplicates}
+    for dataset in DATASETS:
+        base = dataset_prefix(dataset, site_day.site_id, site_day.day, prefix)
+        files = site_day.files.get(dataset, [])
+        keys = {base + f.name for f in files}
+        for f in files:
+            upload_file(client, bucket, base + f.name, f.path)
+        stale = [k for k in list_keys(client, bucket, base) if k not in keys and not k.endswith(RECEIPT_NAME)]
+        delete_keys(client, bucket, stale)
+        body = dataset_receipt_bytes(
+            site_day.site_id, dataset, f"{site_day.day:%Y-%m-%d}",
+            [{"name": f.name, "bytes": f.bytes, "rows": f.rows, "sha256": f.sha256} for f in files],
+            site_day.rows[dataset], ANALYTICS_SCHEMA_VERSION, computed_at, inputs)
+        client.put_object(Bucket=bucket, Key=base + RECEIPT_NAME, Body=body, ContentType="application/json")
+        written += [*sorted(keys), base + RECEIPT_NAME]
+    return written
+
+
+def read_receipts(client, bucket: str, prefix: str, site_id: str, day: date) -> dict[str, dict]:
+    """dataset -> its receipt for the site-day (absent datasets left out)."""
+    receipts = {}
+    for dataset in DATASETS:
+        key = dataset_prefix(dataset, site_id, day, prefix) + RECEIPT_NAME
+        try:
+            receipts[dataset] = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except client.exceptions.NoSuchKey:
+            continue
+    return receipts
+
