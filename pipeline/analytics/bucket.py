@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from pipeline.analytics.daily import ANALYTICS_SCHEMA_VERSION, DATASETS, SiteDay
+from pipeline.analytics.daily import (
+    ANALYTICS_SCHEMA_VERSION,
+    DATASETS,
+    SiteDay,
+    compute_site_day,
+    connect,
+)
 from pipeline.object_store import delete_keys, list_keys, upload_file
 from pixelpipe.core.receipts import ANALYTICS_DIR, RECEIPT_NAME, dataset_receipt_bytes
 
@@ -110,3 +119,43 @@ def read_receipts(client, bucket: str, prefix: str, site_id: str, day: date) -> 
             continue
     return receipts
 
+
+
+@dataclass
+class DayRun:
+    """What computing one day did: the site-days written, and the sites that could not be."""
+
+    inputs: dict[str, DayInput] = field(default_factory=dict)
+    computed: list[SiteDay] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def compute_day(client, backup_bucket: str, destination: Callable[[str], tuple[str, str]], day: date,
+                memory_limit: str = "512MB", log: Callable[[str], None] = lambda _: None) -> DayRun:
+    """Every site of the day, one after the other, each written to `destination(site)` (bucket,
+    prefix) as soon as it is computed. A site whose input does not match its receipts, or whose
+    day fails to compute, is recorded in `failed` and the next site goes on."""
+    run = DayRun(inputs=day_inputs(client, backup_bucket, day))
+    spool = Path(tempfile.mkdtemp(prefix="pixelpipe-analytics-"))
+    try:
+        con = connect(spool, memory_limit)
+        for site, day_input in run.inputs.items():
+            site_spool = spool / "sites" / hashlib.sha1(site.encode()).hexdigest()[:16]
+            files = download_day(client, backup_bucket, day_input, site_spool / "in")
+            if day_input.problems:
+                run.failed[site] = "; ".join(day_input.problems)
+                continue
+            try:
+                site_day = compute_site_day(con, site, day, files, site_spool / "out")
+            except Exception as error:  # noqa: BLE001 - one site's day must not stop the others
+                run.failed[site] = f"{type(error).__name__}: {str(error)[:300]}"
+                continue
+            bucket, prefix = destination(site)
+            publish_site_day(client, bucket, prefix, site_day, day_input)
+            run.computed.append(site_day)
+            shutil.rmtree(site_spool, ignore_errors=True)
+            log(f"{site} {day}: {site_day.rows}")
+        con.close()
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    return run

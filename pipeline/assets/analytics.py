@@ -2,16 +2,13 @@
 from its 24 exported hours in the backup bucket, into each site's client bucket. Wiring only:
 the definitions and the SQL are plain code in pipeline/analytics/ (docs/analytics.md)."""
 
-import shutil
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from pipeline.analytics.bucket import day_inputs, download_day, publish_site_day, read_receipts
-from pipeline.analytics.daily import DATASETS, SiteDay, compute_site_day, connect
+from pipeline.analytics.bucket import compute_day, read_receipts
+from pipeline.analytics.daily import DATASETS, SiteDay
 from pipeline.assets.export import hourly_export
 from pipeline.ledger import site_destinations
 from pipeline.partitions import daily_partitions
@@ -86,35 +83,14 @@ def daily_analytics(context: dg.AssetExecutionContext, postgres: PostgresResourc
     client = s3.get_client()
     with postgres.get_connection() as conn:
         destinations = site_destinations(conn, settings.client_bucket)
-    inputs = day_inputs(client, settings.backup_bucket, day)
-    if not inputs:
+    run = compute_day(client, settings.backup_bucket,
+                      lambda site: destinations.get(site, (settings.client_bucket, "")), day,
+                      MEMORY_LIMIT, context.log.info)
+    if not run.inputs:
         raise dg.Failure(
             description=f"No exported hour of {day} in the backup bucket s3://{settings.backup_bucket}: "
             "materialize hourly_export for that day's hours first (the analytics read only the exports).")
-    computed: list[SiteDay] = []
-    failed: dict[str, str] = {}
-    spool = Path(tempfile.mkdtemp(prefix="pixelpipe-analytics-"))
-    try:
-        con = connect(spool, MEMORY_LIMIT)
-        for site, day_input in inputs.items():
-            site_spool = spool / site
-            files = download_day(client, settings.backup_bucket, day_input, site_spool / "in")
-            if day_input.problems:
-                failed[site] = "; ".join(day_input.problems)
-                continue
-            try:
-                site_day = compute_site_day(con, site, day, files, site_spool / "out")
-            except Exception as error:  # noqa: BLE001 - one site's day must not stop the others
-                failed[site] = f"{type(error).__name__}: {error}"
-                continue
-            bucket, prefix = destinations.get(site, (settings.client_bucket, ""))
-            publish_site_day(client, bucket, prefix, site_day, day_input)
-            computed.append(site_day)
-            shutil.rmtree(site_spool, ignore_errors=True)
-            context.log.info(f"{site} {day}: {site_day.rows}")
-        con.close()
-    finally:
-        shutil.rmtree(spool, ignore_errors=True)
+    computed, failed, inputs = run.computed, run.failed, run.inputs
     table = dg.MetadataValue.md(_site_table(computed))
     common = {"date": day.isoformat(), "sites": len(computed), "per_site": table,
               "clamped_timestamps": sum(s.clamped_timestamps for s in computed),
