@@ -8,7 +8,9 @@ import hashlib
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -22,6 +24,9 @@ from pipeline.analytics.daily import (
 )
 from pipeline.object_store import delete_keys, list_keys, upload_file
 from pixelpipe.core.receipts import ANALYTICS_DIR, RECEIPT_NAME, dataset_receipt_bytes
+
+# Objects fetched at once from the backup bucket (small files: latency, not bandwidth, bounds it).
+_PARALLEL_GETS = 8
 
 
 def dataset_prefix(dataset: str, site_id: str, day: date, prefix: str = "") -> str:
@@ -42,7 +47,7 @@ class DayInput:
     problems: list[str] = field(default_factory=list)
 
 
-def day_inputs(client, backup_bucket: str, day: date) -> dict[str, DayInput]:
+def day_inputs(client, backup_bucket: str, day: date, only: set[str] | None = None) -> dict[str, DayInput]:
     """Every site with an exported hour on `day`, from the receipts in the backup bucket (a data
     file that no receipt lists is not read: its hour is incomplete)."""
     sites = []
@@ -50,14 +55,17 @@ def day_inputs(client, backup_bucket: str, day: date) -> dict[str, DayInput]:
             Bucket=backup_bucket, Prefix="site_id=", Delimiter="/"):
         sites += [p["Prefix"][len("site_id="):-1] for p in page.get("CommonPrefixes", [])]
     inputs = {}
-    for site in sorted(sites):
+    for site in sorted(sites if only is None else set(sites) & only):
         receipts = [k for k in list_keys(client, backup_bucket, f"site_id={site}/date={day:%Y-%m-%d}/")
                     if k.endswith("/" + RECEIPT_NAME)]
         if not receipts:
             continue
         found = inputs[site] = DayInput(site)
-        for key in sorted(receipts):
-            receipt = json.loads(client.get_object(Bucket=backup_bucket, Key=key)["Body"].read())
+        with ThreadPoolExecutor(max_workers=_PARALLEL_GETS) as pool:
+            bodies = list(pool.map(lambda k: client.get_object(Bucket=backup_bucket, Key=k)["Body"].read(),
+                                   sorted(receipts)))
+        for key, body in zip(sorted(receipts), bodies, strict=True):
+            receipt = json.loads(body)
             found.hours += 1
             found.rows += receipt["rows"]
             hour_prefix = key[: -len(RECEIPT_NAME)]
@@ -69,8 +77,9 @@ def download_day(client, backup_bucket: str, day_input: DayInput, spool: Path) -
     """The site-day's files on local disk; a file whose SHA-256 differs from its receipt is
     left out and named in `day_input.problems` (the day is then not computed)."""
     spool.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n, (key, sha256) in enumerate(day_input.files):
+
+    def fetch(numbered: tuple[int, tuple[str, str]]) -> Path | None:
+        n, (key, sha256) = numbered
         path = spool / f"input-{n:05d}.parquet"
         client.download_file(backup_bucket, key, str(path))
         digest = hashlib.sha256()
@@ -79,9 +88,11 @@ def download_day(client, backup_bucket: str, day_input: DayInput, spool: Path) -
                 digest.update(block)
         if digest.hexdigest() != sha256:
             day_input.problems.append(f"s3://{backup_bucket}/{key}: SHA-256 differs from its hour's receipt")
-            continue
-        paths.append(path)
-    return paths
+            return None
+        return path
+
+    with ThreadPoolExecutor(max_workers=_PARALLEL_GETS) as pool:
+        return [path for path in pool.map(fetch, enumerate(day_input.files)) if path is not None]
 
 
 def publish_site_day(client, bucket: str, prefix: str, site_day: SiteDay, day_input: DayInput,
@@ -128,34 +139,50 @@ class DayRun:
     inputs: dict[str, DayInput] = field(default_factory=dict)
     computed: list[SiteDay] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 def compute_day(client, backup_bucket: str, destination: Callable[[str], tuple[str, str]], day: date,
-                memory_limit: str = "512MB", log: Callable[[str], None] = lambda _: None) -> DayRun:
-    """Every site of the day, one after the other, each written to `destination(site)` (bucket,
-    prefix) as soon as it is computed. A site whose input does not match its receipts, or whose
+                memory_limit: str = "512MB", log: Callable[[str], None] = lambda _: None,
+                sites: set[str] | None = None) -> DayRun:
+    """Every site of the day (or only `sites`), one after the other, each written to
+    `destination(site)` (bucket, prefix) as soon as it is computed. A site whose input does not match its receipts, or whose
     day fails to compute, is recorded in `failed` and the next site goes on."""
-    run = DayRun(inputs=day_inputs(client, backup_bucket, day))
+    started = time.perf_counter()
+    run = DayRun(inputs=day_inputs(client, backup_bucket, day, sites))
     spool = Path(tempfile.mkdtemp(prefix="pixelpipe-analytics-"))
+
+    def site_spool(site: str) -> Path:
+        return spool / "sites" / hashlib.sha1(site.encode()).hexdigest()[:16]
+
+    def fetch(site: str) -> list[Path]:
+        return download_day(client, backup_bucket, run.inputs[site], site_spool(site) / "in")
+
     try:
         con = connect(spool, memory_limit)
-        for site, day_input in run.inputs.items():
-            site_spool = spool / "sites" / hashlib.sha1(site.encode()).hexdigest()[:16]
-            files = download_day(client, backup_bucket, day_input, site_spool / "in")
-            if day_input.problems:
-                run.failed[site] = "; ".join(day_input.problems)
-                continue
-            try:
-                site_day = compute_site_day(con, site, day, files, site_spool / "out")
-            except Exception as error:  # noqa: BLE001 - one site's day must not stop the others
-                run.failed[site] = f"{type(error).__name__}: {str(error)[:300]}"
-                continue
-            bucket, prefix = destination(site)
-            publish_site_day(client, bucket, prefix, site_day, day_input)
-            run.computed.append(site_day)
-            shutil.rmtree(site_spool, ignore_errors=True)
-            log(f"{site} {day}: {site_day.rows}")
+        # The next site's files download while this one computes (at most two sites on disk).
+        with ThreadPoolExecutor(max_workers=1) as prefetch:
+            sites_in_order = list(run.inputs)
+            pending = prefetch.submit(fetch, sites_in_order[0]) if sites_in_order else None
+            for n, site in enumerate(sites_in_order):
+                files = pending.result()
+                pending = prefetch.submit(fetch, sites_in_order[n + 1]) if n + 1 < len(sites_in_order) else None
+                day_input = run.inputs[site]
+                if day_input.problems:
+                    run.failed[site] = "; ".join(day_input.problems)
+                    continue
+                try:
+                    site_day = compute_site_day(con, site, day, files, site_spool(site) / "out")
+                except Exception as error:  # noqa: BLE001 - one site's day must not stop the others
+                    run.failed[site] = f"{type(error).__name__}: {str(error)[:300]}"
+                    continue
+                bucket, prefix = destination(site)
+                publish_site_day(client, bucket, prefix, site_day, day_input)
+                run.computed.append(site_day)
+                shutil.rmtree(site_spool(site), ignore_errors=True)
+                log(f"{site} {day}: {site_day.rows}")
         con.close()
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+    run.seconds = time.perf_counter() - started
     return run

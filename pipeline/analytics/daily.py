@@ -106,33 +106,51 @@ def _sql_list(values) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
+_FIELDS = list(_FIELD_PATHS)
+_SOURCES = ("pixelpipe", "segment", "posthog", "snowplow")
+
+
+def _source_paths(source: str) -> str:
+    """The JSON paths of every field for one protocol, in _FIELDS order (a path no event has
+    where the protocol does not send the field)."""
+    paths = []
+    for name in _FIELDS:
+        path = _FIELD_PATHS[name].get(source)
+        if path is None and source == "snowplow" and name in _SNOWPLOW_SIZES:
+            path = _SNOWPLOW_SIZES[name][0]
+        paths.append("'" + (path or '$."pixelpipe: not sent"') + "'")
+    return "[" + ", ".join(paths) + "]"
+
+
+def _parsed(function: str) -> str:
+    """One parse of raw_event_data per event, reading only its protocol's paths."""
+    return "CASE coalesce(source, 'pixelpipe') " + " ".join(
+        f"WHEN '{s}' THEN {function}(raw, {_source_paths(s)})" for s in _SOURCES) + " END"
+
+
 def _extract(name: str) -> tuple[str, str]:
-    """(SQL for the field's value, SQL true where a value was there but unusable)."""
-    paths = _FIELD_PATHS[name]
+    """(SQL for the field's value, SQL true where a value was there but unusable). Reads the
+    lists `json_text` and `json_kind` (one entry per field, in _FIELDS order)."""
+    slot = _FIELDS.index(name) + 1
+    text, kind = f"json_text[{slot}]", f"json_kind[{slot}]"
     if name in _TEXT_CAPS:
-        value = "CASE source " + " ".join(
-            f"WHEN '{s}' THEN CASE WHEN json_type(raw, '{p}') = 'VARCHAR' "
-            f"THEN left(json_extract_string(raw, '{p}'), {_TEXT_CAPS[name]}) END" for s, p in paths.items()) + " END"
+        cap = _TEXT_CAPS[name]
+        value = f"CASE WHEN {kind} = 'VARCHAR' THEN left({text}, {cap}) END"
         if name == "referrer":  # PostHog's word for none
             value = f"nullif({value}, '$direct')"
-        bad = "CASE source " + " ".join(
-            f"WHEN '{s}' THEN coalesce(json_type(raw, '{p}') NOT IN ('VARCHAR', 'NULL'), false) "
-            f"OR coalesce(length(json_extract_string(raw, '{p}')) > {_TEXT_CAPS[name]}, false)"
-            for s, p in paths.items()) + " ELSE false END"
+        bad = f"(coalesce({kind} NOT IN ('VARCHAR', 'NULL'), false) OR coalesce(length({text}) > {cap}, false))"
         return value, bad
-    cases = [f"WHEN '{s}' THEN CASE WHEN json_type(raw, '{p}') IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
-             f"THEN TRY_CAST(json_extract_string(raw, '{p}') AS DOUBLE) END" for s, p in paths.items()]
-    path, part = _SNOWPLOW_SIZES[name]
-    cases.append(f"WHEN 'snowplow' THEN TRY_CAST(split_part(CASE WHEN json_type(raw, '{path}') = 'VARCHAR' "
-                 f"THEN json_extract_string(raw, '{path}') END, 'x', {part}) AS DOUBLE)")
-    number = "CASE source " + " ".join(cases) + " END"
+    part = _SNOWPLOW_SIZES[name][1]
+    number = (f"CASE WHEN source = 'snowplow' THEN CASE WHEN {kind} = 'VARCHAR' THEN "
+              f"TRY_CAST(split_part({text}, 'x', {part}) AS DOUBLE) END "
+              f"WHEN {kind} IN ('UBIGINT', 'BIGINT', 'DOUBLE') THEN TRY_CAST({text} AS DOUBLE) END")
     value = f"CASE WHEN {number} BETWEEN 1 AND {d.SCREEN_MAX} THEN CAST({number} AS INTEGER) END"
     bad = f"coalesce(NOT ({number} BETWEEN 1 AND {d.SCREEN_MAX}), false)"
     return value, bad
 
 
 def _utm(name: str) -> str:
-    value = f"regexp_extract(url, '[?&]{name}=([^&#]*)', 1)"
+    value = f"CASE WHEN contains(url, '{name}=') THEN regexp_extract(url, '[?&]{name}=([^&#]*)', 1) END"
     return f"left(nullif(trim(try(url_decode(replace({value}, '+', ' ')))), ''), {d.UTM_MAX})"
 
 
@@ -150,11 +168,19 @@ def _events_sql() -> str:
 CREATE TEMP TABLE events AS
 WITH raw_rows AS (
     SELECT id, event_id, event_type, visitor_id, site_id, url, path, user_agent, created_at,
-           coalesce(source, 'pixelpipe') AS source, CAST(raw_event_data AS JSON) AS raw,
-           "timestamp" AS client_timestamp,
-           row_number() OVER (PARTITION BY event_id ORDER BY created_at, id) AS copy
+           coalesce(source, 'pixelpipe') AS source, CAST(raw_event_data AS VARCHAR) AS raw,
+           "timestamp" AS client_timestamp
     FROM read_parquet($files, union_by_name = true)
-), deduplicated AS (SELECT * EXCLUDE (copy) FROM raw_rows WHERE copy = 1)
+), repeated AS (  -- re-sent events: the earliest copy is kept
+    SELECT event_id, min(created_at) AS first_at FROM raw_rows GROUP BY event_id HAVING count(*) > 1
+), first_copies AS (
+    SELECT r.event_id, min(r.id) AS first_id
+    FROM raw_rows r JOIN repeated p ON p.event_id = r.event_id AND r.created_at = p.first_at GROUP BY r.event_id
+), deduplicated AS (
+    SELECT r.* EXCLUDE (raw), {_parsed("json_extract_string")} AS json_text, {_parsed("json_type")} AS json_kind
+    FROM raw_rows r LEFT JOIN first_copies f USING (event_id)
+    WHERE f.first_id IS NULL OR f.first_id = r.id
+)
 SELECT id, event_id, event_type, nullif(visitor_id, '') AS visitor_id, site_id,
        left(url, {d.URL_MAX}) AS url, left(path, {d.PATH_MAX}) AS path, user_agent, source,
        -- the event's own clock, trusted within [created_at - 24 h, created_at]
@@ -178,53 +204,56 @@ FROM deduplicated
 # the event's time changes. session_id is a hash of the site, the visitor and the session's first
 # event: the same hours always give the same ids.
 _SESSIONS_SQL = f"""
+-- Only the narrow columns go through the windows' sorts; the events join back by id.
 CREATE TEMP TABLE visitor_split AS
 WITH starts AS (
-    SELECT *, CASE WHEN lag(ts) OVER w IS NULL
-                     OR ts - lag(ts) OVER w > INTERVAL {int(d.SESSION_GAP.total_seconds())} SECOND
-                     OR CAST(ts AS DATE) <> CAST(lag(ts) OVER w AS DATE) THEN 1 ELSE 0 END AS starts
+    SELECT id, visitor_id, ts,
+           CASE WHEN lag(ts) OVER w IS NULL
+                  OR ts - lag(ts) OVER w > INTERVAL {int(d.SESSION_GAP.total_seconds())} SECOND
+                  OR CAST(ts AS DATE) <> CAST(lag(ts) OVER w AS DATE) THEN 1 ELSE 0 END AS starts
     FROM events WHERE visitor_id IS NOT NULL
     WINDOW w AS (PARTITION BY visitor_id ORDER BY ts, id)
-), numbered AS (
-    SELECT *, sum(starts) OVER (PARTITION BY visitor_id ORDER BY ts, id ROWS UNBOUNDED PRECEDING) AS session_no,
-           sum(starts) OVER (PARTITION BY visitor_id) AS visitor_sessions
-    FROM starts
 )
-SELECT * FROM numbered;
+SELECT id, visitor_id, sum(starts) OVER w AS session_no, row_number() OVER w AS seq
+FROM starts WINDOW w AS (PARTITION BY visitor_id ORDER BY ts, id);
+
+CREATE TEMP TABLE shared_visitors AS
+SELECT visitor_id FROM visitor_split GROUP BY visitor_id HAVING max(session_no) > {d.MAX_SESSIONS_PER_VISITOR};
 
 CREATE TEMP TABLE session_events AS
-SELECT *, md5(site_id || chr(31) || visitor_id || chr(31)
-              || first(event_id ORDER BY ts, id) OVER (PARTITION BY visitor_id, session_no)) AS session_id
-FROM visitor_split WHERE visitor_sessions <= {d.MAX_SESSIONS_PER_VISITOR};
+SELECT e.*, v.session_no, v.seq
+FROM events e JOIN visitor_split v USING (id)
+WHERE v.visitor_id NOT IN (SELECT visitor_id FROM shared_visitors);
 
 CREATE TEMP TABLE session_rows AS
-SELECT site_id, session_id, visitor_id,
-       min(ts) AS session_start, max(ts) AS session_end,
+SELECT site_id, md5(site_id || chr(31) || visitor_id || chr(31) || arg_min(event_id, seq)) AS session_id,
+       visitor_id, session_no, min(ts) AS session_start, max(ts) AS session_end,
        CAST(epoch(max(ts) - min(ts)) AS INTEGER) AS duration_seconds,
        CAST(count(*) FILTER (is_pageview) AS INTEGER) AS pageview_count,
        CAST(count(*) AS INTEGER) AS event_count,
        count(*) FILTER (is_pageview) <= 1 AND count(*) FILTER (is_interaction) = 0 AS bounce,
        -- entry and exit: the first and last pageview (the first event when there is none)
-       first(url ORDER BY NOT is_pageview, ts, id) AS entry_url,
-       first(path ORDER BY NOT is_pageview, ts, id) AS entry_path,
-       first(title ORDER BY NOT is_pageview, ts, id) AS entry_title,
-       first(page_host ORDER BY NOT is_pageview, ts, id) AS entry_host,
-       first(url ORDER BY is_pageview DESC, ts DESC, id DESC) AS exit_url,
-       first(path ORDER BY is_pageview DESC, ts DESC, id DESC) AS exit_path,
+       arg_min_null(url, entry_rank) AS entry_url, arg_min_null(path, entry_rank) AS entry_path,
+       arg_min_null(title, entry_rank) AS entry_title, arg_min_null(page_host, entry_rank) AS entry_host,
+       arg_max_null(url, exit_rank) AS exit_url, arg_max_null(path, exit_rank) AS exit_path,
        -- attribution: the session's first event
-       first(utm_source ORDER BY ts, id) AS utm_source, first(utm_medium ORDER BY ts, id) AS utm_medium,
-       first(utm_campaign ORDER BY ts, id) AS utm_campaign, first(utm_content ORDER BY ts, id) AS utm_content,
-       first(utm_term ORDER BY ts, id) AS utm_term,
-       first(referrer ORDER BY ts, id) AS original_referrer,
-       first(user_agent ORDER BY ts, id) AS user_agent,
-       first(language ORDER BY NOT is_pageview, ts, id) AS browser_language,
-       first(timezone ORDER BY NOT is_pageview, ts, id) AS timezone,
-       first(screen_width ORDER BY NOT is_pageview, ts, id) AS screen_width,
-       first(screen_height ORDER BY NOT is_pageview, ts, id) AS screen_height,
-       first(viewport_width ORDER BY NOT is_pageview, ts, id) AS viewport_width,
-       first(viewport_height ORDER BY NOT is_pageview, ts, id) AS viewport_height,
-       first(source ORDER BY ts, id) AS source
-FROM session_events GROUP BY site_id, session_id, visitor_id;
+       arg_min_null(utm_source, seq) AS utm_source, arg_min_null(utm_medium, seq) AS utm_medium,
+       arg_min_null(utm_campaign, seq) AS utm_campaign, arg_min_null(utm_content, seq) AS utm_content,
+       arg_min_null(utm_term, seq) AS utm_term, arg_min_null(referrer, seq) AS original_referrer,
+       arg_min_null(user_agent, seq) AS user_agent,
+       -- what the browser told: the first pageview
+       arg_min_null(language, entry_rank) AS browser_language, arg_min_null(timezone, entry_rank) AS timezone,
+       arg_min_null(screen_width, entry_rank) AS screen_width,
+       arg_min_null(screen_height, entry_rank) AS screen_height,
+       arg_min_null(viewport_width, entry_rank) AS viewport_width,
+       arg_min_null(viewport_height, entry_rank) AS viewport_height,
+       arg_min_null(source, seq) AS source
+FROM (SELECT *,
+             -- entry: the first pageview (else the first event); exit: the last pageview (else the last event)
+             CASE WHEN is_pageview THEN seq ELSE seq + 4294967296 END AS entry_rank,
+             CASE WHEN is_pageview THEN seq + 4294967296 ELSE seq END AS exit_rank
+      FROM session_events)
+GROUP BY site_id, visitor_id, session_no;
 """
 
 _OUTPUT_SQL = {
@@ -243,12 +272,17 @@ LEFT JOIN referrer_hosts r ON r.referrer = s.original_referrer
 LEFT JOIN user_agents u ON u.user_agent = s.user_agent
 ORDER BY s.session_start, s.session_id""",
     "pageviews": f"""
-SELECT e.site_id, s.session_id, s.visitor_id, e.event_id, e.url, e.path, e.title, e.ts AS view_timestamp,
-       CASE WHEN s.session_id IS NOT NULL THEN CAST(epoch(lead(e.ts) OVER (
-           PARTITION BY s.session_id ORDER BY e.ts, e.id) - e.ts) AS INTEGER) END AS time_on_page_seconds,
+WITH on_page AS (  -- to the session's next pageview
+    SELECT id, visitor_id, session_no,
+           CAST(epoch(lead(ts) OVER (PARTITION BY visitor_id, session_no ORDER BY ts, id) - ts) AS INTEGER) AS seconds
+    FROM session_events WHERE is_pageview
+)
+SELECT e.site_id, r.session_id, r.visitor_id, e.event_id, e.url, e.path, e.title, e.ts AS view_timestamp,
+       p.seconds AS time_on_page_seconds,
        e.referrer, coalesce({_host('e.referrer')} = e.page_host AND e.page_host <> '', false) AS internal_referrer,
        e.utm_source, e.utm_medium, e.utm_campaign, e.utm_content, e.utm_term
-FROM events e LEFT JOIN session_events s ON s.id = e.id
+FROM events e LEFT JOIN on_page p ON p.id = e.id
+LEFT JOIN session_rows r ON r.visitor_id = p.visitor_id AND r.session_no = p.session_no
 WHERE e.is_pageview
 ORDER BY view_timestamp, e.event_id""",
     "daily_site_metrics": """
@@ -388,12 +422,10 @@ def compute_site_day(con: duckdb.DuckDBPyConnection, site_id: str, day: date, ho
     events, which still has its daily_site_metrics row). Files land under spool/<dataset>/."""
     result = SiteDay(site_id, day)
     files = [str(p) for p in hour_files]
-    for table in ("events", "visitor_split", "session_events", "session_rows", "sessions_out", "pageviews_out"):
+    for table in ("events", "visitor_split", "shared_visitors", "session_events", "session_rows", "sessions_out", "pageviews_out"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     for view in ("referrer_hosts", "user_agents"):
-        with_view = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = $v", {"v": view})
-        if with_view.fetchone()[0]:
-            con.unregister(view)
+        con.unregister(view)  # a no-op when not registered
     if files:
         con.execute(_events_sql(), {"files": files})
         result.input_rows = con.execute(
@@ -422,9 +454,8 @@ def compute_site_day(con: duckdb.DuckDBPyConnection, site_id: str, day: date, ho
         result.rows[dataset] = sum(f.rows for f in result.files[dataset])
     metrics = con.execute(_OUTPUT_SQL["daily_site_metrics"], params).to_arrow_table().to_pylist()[0]
     result.metrics = metrics
-    counts = con.execute(f"""SELECT count(*) FILTER (clamped), count(*) FILTER (has_bad_value),
-        (SELECT count(DISTINCT visitor_id) FROM visitor_split
-         WHERE visitor_sessions > {d.MAX_SESSIONS_PER_VISITOR}) FROM events""").fetchone()
+    counts = con.execute("""SELECT count(*) FILTER (clamped), count(*) FILTER (has_bad_value),
+        (SELECT count(*) FROM shared_visitors) FROM events""").fetchone()
     result.clamped_timestamps, result.bad_values, result.shared_visitors = counts
     result.duplicates = result.input_rows - metrics["total_events"]
     return result

@@ -1,0 +1,430 @@
+"""One site's UTC day of exported events -> the four analytics datasets, in DuckDB.
+
+The input is the day's hour files as the export wrote them (any schema version); the output is
+zstd Parquet per dataset, in fixed schemas, rows in a fixed order, so the same hours always give
+the same bytes. DuckDB runs in process, memory-limited, spilling to the spool directory. The
+definitions (what a pageview, a session, a bounce is) come from definitions.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.analytics import definitions as d
+
+ANALYTICS_SCHEMA_VERSION = 1
+_TS = pa.timestamp("us", tz="UTC")
+
+
+def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={"pixelpipe.dataset": name,
+                                       "pixelpipe.schema_version": str(ANALYTICS_SCHEMA_VERSION)})
+
+
+# The client's contract, by dataset (docs/analytics.md lists each column with its meaning).
+SCHEMAS = {
+    "sessions": _schema("sessions", [
+        pa.field("site_id", pa.string(), nullable=False), pa.field("session_id", pa.string(), nullable=False),
+        pa.field("visitor_id", pa.string(), nullable=False), pa.field("session_start", _TS, nullable=False),
+        pa.field("session_end", _TS, nullable=False), pa.field("duration_seconds", pa.int32(), nullable=False),
+        pa.field("pageview_count", pa.int32(), nullable=False), pa.field("event_count", pa.int32(), nullable=False),
+        pa.field("bounce", pa.bool_(), nullable=False), pa.field("entry_url", pa.string()),
+        pa.field("entry_path", pa.string()), pa.field("entry_title", pa.string()),
+        pa.field("exit_url", pa.string()), pa.field("exit_path", pa.string()),
+        pa.field("utm_source", pa.string()), pa.field("utm_medium", pa.string()),
+        pa.field("utm_campaign", pa.string()), pa.field("utm_content", pa.string()),
+        pa.field("utm_term", pa.string()), pa.field("referrer_type", pa.string(), nullable=False),
+        pa.field("referrer_platform", pa.string()), pa.field("original_referrer", pa.string()),
+        pa.field("user_agent", pa.string()), pa.field("browser", pa.string()), pa.field("os", pa.string()),
+        pa.field("device_type", pa.string()), pa.field("browser_language", pa.string()),
+        pa.field("timezone", pa.string()), pa.field("screen_width", pa.int32()),
+        pa.field("screen_height", pa.int32()), pa.field("viewport_width", pa.int32()),
+        pa.field("viewport_height", pa.int32()), pa.field("source", pa.string(), nullable=False),
+    ]),
+    "pageviews": _schema("pageviews", [
+        pa.field("site_id", pa.string(), nullable=False), pa.field("session_id", pa.string()),
+        pa.field("visitor_id", pa.string()), pa.field("event_id", pa.string(), nullable=False),
+        pa.field("url", pa.string()), pa.field("path", pa.string()), pa.field("title", pa.string()),
+        pa.field("view_timestamp", _TS, nullable=False), pa.field("time_on_page_seconds", pa.int32()),
+        pa.field("referrer", pa.string()), pa.field("internal_referrer", pa.bool_(), nullable=False),
+        pa.field("utm_source", pa.string()), pa.field("utm_medium", pa.string()),
+        pa.field("utm_campaign", pa.string()), pa.field("utm_content", pa.string()),
+        pa.field("utm_term", pa.string()),
+    ]),
+    "daily_site_metrics": _schema("daily_site_metrics", [
+        pa.field("site_id", pa.string(), nullable=False), pa.field("metric_date", pa.date32(), nullable=False),
+        pa.field("unique_visitors", pa.int32(), nullable=False), pa.field("total_sessions", pa.int32(), nullable=False),
+        pa.field("total_pageviews", pa.int32(), nullable=False), pa.field("bounce_rate", pa.float64()),
+        pa.field("avg_session_duration_seconds", pa.int32()), pa.field("avg_pages_per_session", pa.float64()),
+        pa.field("total_events", pa.int32(), nullable=False), pa.field("direct_sessions", pa.int32(), nullable=False),
+        pa.field("search_sessions", pa.int32(), nullable=False), pa.field("social_sessions", pa.int32(), nullable=False),
+        pa.field("referral_sessions", pa.int32(), nullable=False),
+    ]),
+    "page_performance": _schema("page_performance", [
+        pa.field("site_id", pa.string(), nullable=False), pa.field("metric_date", pa.date32(), nullable=False),
+        pa.field("path", pa.string()), pa.field("total_views", pa.int32(), nullable=False),
+        pa.field("unique_visitors", pa.int32(), nullable=False), pa.field("unique_sessions", pa.int32(), nullable=False),
+        pa.field("avg_time_on_page_seconds", pa.float64()), pa.field("entries", pa.int32(), nullable=False),
+        pa.field("exits", pa.int32(), nullable=False), pa.field("bounce_rate", pa.float64()),
+    ]),
+}
+DATASETS = tuple(SCHEMAS)
+
+# Where each protocol keeps what the raw columns do not: JSON paths into raw_event_data.
+# pixelpipe is t.js (docs/tracker.md), segment also RudderStack, snowplow the tracker protocol.
+_FIELD_PATHS = {
+    "referrer": {"pixelpipe": "$.referrer", "segment": "$.context.page.referrer",
+                 "posthog": '$.properties."$referrer"', "snowplow": "$.refr"},
+    "title": {"pixelpipe": "$.title", "segment": "$.context.page.title",
+              "posthog": "$.properties.title", "snowplow": "$.page"},
+    "language": {"pixelpipe": "$.language", "segment": "$.context.locale",
+                 "posthog": '$.properties."$browser_language"', "snowplow": "$.lang"},
+    "timezone": {"pixelpipe": "$.timezone", "segment": "$.context.timezone",
+                 "posthog": '$.properties."$timezone"', "snowplow": "$.tz"},
+    "screen_width": {"pixelpipe": "$.screenWidth", "segment": "$.context.screen.width",
+                     "posthog": '$.properties."$screen_width"'},
+    "screen_height": {"pixelpipe": "$.screenHeight", "segment": "$.context.screen.height",
+                      "posthog": '$.properties."$screen_height"'},
+    "viewport_width": {"pixelpipe": "$.viewportWidth", "posthog": '$.properties."$viewport_width"'},
+    "viewport_height": {"pixelpipe": "$.viewportHeight", "posthog": '$.properties."$viewport_height"'},
+}
+_TEXT_CAPS = {"referrer": d.URL_MAX, "title": d.TITLE_MAX, "language": d.LANGUAGE_MAX,
+              "timezone": d.TIMEZONE_MAX}
+# Snowplow sends sizes as "WIDTHxHEIGHT" strings.
+_SNOWPLOW_SIZES = {"screen_width": ("$.res", 1), "screen_height": ("$.res", 2),
+                   "viewport_width": ("$.vp", 1), "viewport_height": ("$.vp", 2)}
+
+
+def _sql_list(values) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def _extract(name: str) -> tuple[str, str]:
+    """(SQL for the field's value, SQL true where a value was there but unusable)."""
+    paths = _FIELD_PATHS[name]
+    if name in _TEXT_CAPS:
+        value = "CASE source " + " ".join(
+            f"WHEN '{s}' THEN CASE WHEN json_type(raw, '{p}') = 'VARCHAR' "
+            f"THEN left(json_extract_string(raw, '{p}'), {_TEXT_CAPS[name]}) END" for s, p in paths.items()) + " END"
+        if name == "referrer":  # PostHog's word for none
+            value = f"nullif({value}, '$direct')"
+        bad = "CASE source " + " ".join(
+            f"WHEN '{s}' THEN coalesce(json_type(raw, '{p}') NOT IN ('VARCHAR', 'NULL'), false) "
+            f"OR coalesce(length(json_extract_string(raw, '{p}')) > {_TEXT_CAPS[name]}, false)"
+            for s, p in paths.items()) + " ELSE false END"
+        return value, bad
+    cases = [f"WHEN '{s}' THEN CASE WHEN json_type(raw, '{p}') IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
+             f"THEN TRY_CAST(json_extract_string(raw, '{p}') AS DOUBLE) END" for s, p in paths.items()]
+    path, part = _SNOWPLOW_SIZES[name]
+    cases.append(f"WHEN 'snowplow' THEN TRY_CAST(split_part(CASE WHEN json_type(raw, '{path}') = 'VARCHAR' "
+                 f"THEN json_extract_string(raw, '{path}') END, 'x', {part}) AS DOUBLE)")
+    number = "CASE source " + " ".join(cases) + " END"
+    value = f"CASE WHEN {number} BETWEEN 1 AND {d.SCREEN_MAX} THEN CAST({number} AS INTEGER) END"
+    bad = f"coalesce(NOT ({number} BETWEEN 1 AND {d.SCREEN_MAX}), false)"
+    return value, bad
+
+
+def _utm(name: str) -> str:
+    value = f"regexp_extract(url, '[?&]{name}=([^&#]*)', 1)"
+    return f"left(nullif(trim(try(url_decode(replace({value}, '+', ' ')))), ''), {d.UTM_MAX})"
+
+
+def _host(column: str) -> str:
+    """The host of a URL, lower case, without `www.`; '' when it does not parse as one."""
+    host = f"lower(regexp_extract({column}, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?([^/?#:]*)', 1))"
+    return f"regexp_replace({host}, '^www\\.', '')"
+
+
+def _events_sql() -> str:
+    extracted = {name: _extract(name) for name in _FIELD_PATHS}
+    fields = ",\n       ".join(f"{value} AS {name}" for name, (value, _) in extracted.items())
+    bad = " OR ".join(f"({b})" for _, b in extracted.values())
+    return f"""
+CREATE TEMP TABLE events AS
+WITH raw_rows AS (
+    SELECT id, event_id, event_type, visitor_id, site_id, url, path, user_agent, created_at,
+           coalesce(source, 'pixelpipe') AS source, CAST(raw_event_data AS JSON) AS raw,
+           "timestamp" AS client_timestamp,
+           row_number() OVER (PARTITION BY event_id ORDER BY created_at, id) AS copy
+    FROM read_parquet($files, union_by_name = true)
+), deduplicated AS (SELECT * EXCLUDE (copy) FROM raw_rows WHERE copy = 1)
+SELECT id, event_id, event_type, nullif(visitor_id, '') AS visitor_id, site_id,
+       left(url, {d.URL_MAX}) AS url, left(path, {d.PATH_MAX}) AS path, user_agent, source,
+       -- the event's own clock, trusted within [created_at - 24 h, created_at]
+       least(greatest(client_timestamp, created_at - INTERVAL {int(d.CLOCK_WINDOW.total_seconds())} SECOND),
+             created_at) AS ts,
+       client_timestamp NOT BETWEEN created_at - INTERVAL {int(d.CLOCK_WINDOW.total_seconds())} SECOND
+             AND created_at AS clamped,
+       event_type IN ({_sql_list(d.PAGEVIEW_TYPES)}) AS is_pageview,
+       event_type NOT IN ({_sql_list(d.NON_INTERACTION_TYPES)}) AS is_interaction,
+       {fields},
+       {bad} AS has_bad_value,
+       {_utm('utm_source')} AS utm_source, {_utm('utm_medium')} AS utm_medium,
+       {_utm('utm_campaign')} AS utm_campaign, {_utm('utm_content')} AS utm_content,
+       {_utm('utm_term')} AS utm_term,
+       {_host('url')} AS page_host
+FROM deduplicated
+"""
+
+
+# A session: a visitor's events split after SESSION_GAP without one and where the UTC date of
+# the event's time changes. session_id is a hash of the site, the visitor and the session's first
+# event: the same hours always give the same ids.
+_SESSIONS_SQL = f"""
+CREATE TEMP TABLE visitor_split AS
+WITH starts AS (
+    SELECT *, CASE WHEN lag(ts) OVER w IS NULL
+                     OR ts - lag(ts) OVER w > INTERVAL {int(d.SESSION_GAP.total_seconds())} SECOND
+                     OR CAST(ts AS DATE) <> CAST(lag(ts) OVER w AS DATE) THEN 1 ELSE 0 END AS starts
+    FROM events WHERE visitor_id IS NOT NULL
+    WINDOW w AS (PARTITION BY visitor_id ORDER BY ts, id)
+), numbered AS (
+    SELECT *, sum(starts) OVER (PARTITION BY visitor_id ORDER BY ts, id ROWS UNBOUNDED PRECEDING) AS session_no,
+           sum(starts) OVER (PARTITION BY visitor_id) AS visitor_sessions
+    FROM starts
+)
+SELECT * FROM numbered;
+
+CREATE TEMP TABLE session_events AS
+SELECT *, md5(site_id || chr(31) || visitor_id || chr(31)
+              || first(event_id ORDER BY ts, id) OVER (PARTITION BY visitor_id, session_no)) AS session_id
+FROM visitor_split WHERE visitor_sessions <= {d.MAX_SESSIONS_PER_VISITOR};
+
+CREATE TEMP TABLE session_rows AS
+SELECT site_id, session_id, visitor_id,
+       min(ts) AS session_start, max(ts) AS session_end,
+       CAST(epoch(max(ts) - min(ts)) AS INTEGER) AS duration_seconds,
+       CAST(count(*) FILTER (is_pageview) AS INTEGER) AS pageview_count,
+       CAST(count(*) AS INTEGER) AS event_count,
+       count(*) FILTER (is_pageview) <= 1 AND count(*) FILTER (is_interaction) = 0 AS bounce,
+       -- entry and exit: the first and last pageview (the first event when there is none)
+       first(url ORDER BY NOT is_pageview, ts, id) AS entry_url,
+       first(path ORDER BY NOT is_pageview, ts, id) AS entry_path,
+       first(title ORDER BY NOT is_pageview, ts, id) AS entry_title,
+       first(page_host ORDER BY NOT is_pageview, ts, id) AS entry_host,
+       first(url ORDER BY is_pageview DESC, ts DESC, id DESC) AS exit_url,
+       first(path ORDER BY is_pageview DESC, ts DESC, id DESC) AS exit_path,
+       -- attribution: the session's first event
+       first(utm_source ORDER BY ts, id) AS utm_source, first(utm_medium ORDER BY ts, id) AS utm_medium,
+       first(utm_campaign ORDER BY ts, id) AS utm_campaign, first(utm_content ORDER BY ts, id) AS utm_content,
+       first(utm_term ORDER BY ts, id) AS utm_term,
+       first(referrer ORDER BY ts, id) AS original_referrer,
+       first(user_agent ORDER BY ts, id) AS user_agent,
+       first(language ORDER BY NOT is_pageview, ts, id) AS browser_language,
+       first(timezone ORDER BY NOT is_pageview, ts, id) AS timezone,
+       first(screen_width ORDER BY NOT is_pageview, ts, id) AS screen_width,
+       first(screen_height ORDER BY NOT is_pageview, ts, id) AS screen_height,
+       first(viewport_width ORDER BY NOT is_pageview, ts, id) AS viewport_width,
+       first(viewport_height ORDER BY NOT is_pageview, ts, id) AS viewport_height,
+       first(source ORDER BY ts, id) AS source
+FROM session_events GROUP BY site_id, session_id, visitor_id;
+"""
+
+_OUTPUT_SQL = {
+    "sessions": """
+SELECT s.site_id, s.session_id, s.visitor_id, s.session_start, s.session_end, s.duration_seconds,
+       s.pageview_count, s.event_count, s.bounce, s.entry_url, s.entry_path, s.entry_title,
+       s.exit_url, s.exit_path, s.utm_source, s.utm_medium, s.utm_campaign, s.utm_content, s.utm_term,
+       CASE WHEN s.original_referrer IS NULL OR r.host = '' OR r.host = s.entry_host THEN 'direct'
+            ELSE r.referrer_type END AS referrer_type,
+       CASE WHEN s.original_referrer IS NULL OR r.host = '' OR r.host = s.entry_host THEN NULL
+            ELSE r.referrer_platform END AS referrer_platform,
+       s.original_referrer, s.user_agent, u.browser, u.os, u.device_type, s.browser_language,
+       s.timezone, s.screen_width, s.screen_height, s.viewport_width, s.viewport_height, s.source
+FROM session_rows s
+LEFT JOIN referrer_hosts r ON r.referrer = s.original_referrer
+LEFT JOIN user_agents u ON u.user_agent = s.user_agent
+ORDER BY s.session_start, s.session_id""",
+    "pageviews": f"""
+SELECT e.site_id, s.session_id, s.visitor_id, e.event_id, e.url, e.path, e.title, e.ts AS view_timestamp,
+       CASE WHEN s.session_id IS NOT NULL THEN CAST(epoch(lead(e.ts) OVER (
+           PARTITION BY s.session_id ORDER BY e.ts, e.id) - e.ts) AS INTEGER) END AS time_on_page_seconds,
+       e.referrer, coalesce({_host('e.referrer')} = e.page_host AND e.page_host <> '', false) AS internal_referrer,
+       e.utm_source, e.utm_medium, e.utm_campaign, e.utm_content, e.utm_term
+FROM events e LEFT JOIN session_events s ON s.id = e.id
+WHERE e.is_pageview
+ORDER BY view_timestamp, e.event_id""",
+    "daily_site_metrics": """
+SELECT $site AS site_id, CAST($day AS DATE) AS metric_date,
+       CAST((SELECT count(DISTINCT visitor_id) FROM sessions_out) AS INTEGER) AS unique_visitors,
+       CAST((SELECT count(*) FROM sessions_out) AS INTEGER) AS total_sessions,
+       CAST((SELECT count(*) FROM events WHERE is_pageview) AS INTEGER) AS total_pageviews,
+       (SELECT round(avg(CAST(bounce AS INTEGER)), 4) FROM sessions_out) AS bounce_rate,
+       (SELECT CAST(round(avg(duration_seconds)) AS INTEGER) FROM sessions_out) AS avg_session_duration_seconds,
+       (SELECT round(avg(pageview_count), 2) FROM sessions_out) AS avg_pages_per_session,
+       CAST((SELECT count(*) FROM events) AS INTEGER) AS total_events,
+       CAST((SELECT count(*) FROM sessions_out WHERE referrer_type = 'direct') AS INTEGER) AS direct_sessions,
+       CAST((SELECT count(*) FROM sessions_out WHERE referrer_type = 'search') AS INTEGER) AS search_sessions,
+       CAST((SELECT count(*) FROM sessions_out WHERE referrer_type = 'social') AS INTEGER) AS social_sessions,
+       CAST((SELECT count(*) FROM sessions_out WHERE referrer_type = 'referral') AS INTEGER) AS referral_sessions""",
+    # bounce_rate: bounced sessions that entered on the path, over the sessions that entered on it.
+    "page_performance": """
+WITH views AS (
+    SELECT path, CAST(count(*) AS INTEGER) AS total_views,
+           CAST(count(DISTINCT visitor_id) AS INTEGER) AS unique_visitors,
+           CAST(count(DISTINCT session_id) AS INTEGER) AS unique_sessions,
+           round(avg(time_on_page_seconds), 2) AS avg_time_on_page_seconds
+    FROM pageviews_out GROUP BY path
+), entries AS (
+    SELECT entry_path AS path, count(*) AS entries, avg(CAST(bounce AS INTEGER)) AS bounce_rate
+    FROM sessions_out WHERE pageview_count > 0 GROUP BY entry_path
+), exits AS (
+    SELECT exit_path AS path, count(*) AS exits FROM sessions_out WHERE pageview_count > 0 GROUP BY exit_path
+)
+SELECT $site AS site_id, CAST($day AS DATE) AS metric_date, v.path, v.total_views, v.unique_visitors,
+       v.unique_sessions, v.avg_time_on_page_seconds, CAST(coalesce(n.entries, 0) AS INTEGER) AS entries,
+       CAST(coalesce(x.exits, 0) AS INTEGER) AS exits, round(n.bounce_rate, 4) AS bounce_rate
+FROM views v LEFT JOIN entries n ON n.path IS NOT DISTINCT FROM v.path
+LEFT JOIN exits x ON x.path IS NOT DISTINCT FROM v.path
+ORDER BY v.path NULLS LAST""",
+}
+
+
+@dataclass
+class DatasetFile:
+    """One finished Parquet file of one dataset."""
+
+    name: str
+    path: Path
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class SiteDay:
+    """What one site's day computed: each dataset's files, and the figures its metadata shows."""
+
+    site_id: str
+    day: date
+    files: dict[str, list[DatasetFile]] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    input_rows: int = 0
+    duplicates: int = 0
+    clamped_timestamps: int = 0
+    bad_values: int = 0
+    shared_visitors: int = 0
+
+
+def connect(spool: Path, memory_limit: str = "512MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+    """An in-process DuckDB that stays under `memory_limit`, spilling to `spool`."""
+    spool.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads,
+                                 "temp_directory": str(spool / "duckdb-spill"),
+                                 "preserve_insertion_order": True})
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _lookups(con: duckdb.DuckDBPyConnection) -> None:
+    """Referrer classes and user-agent classes of the day's distinct values, made in Python by
+    the maintained lists (definitions.py) and joined in SQL: each value is classified once."""
+    pairs = con.execute(f"""SELECT DISTINCT original_referrer, {_host('original_referrer')}
+                             FROM session_rows WHERE original_referrer IS NOT NULL""").fetchall()
+    classes = {host: d.referrer_class(host) for host in {h for _, h in pairs if h}}
+    kinds = [classes.get(h, ("referral", None)) for _, h in pairs]
+    table = pa.table({
+        "referrer": pa.array([r for r, _ in pairs], pa.string()),
+        "host": pa.array([h for _, h in pairs], pa.string()),
+        "referrer_type": pa.array([k[0] for k in kinds], pa.string()),
+        "referrer_platform": pa.array([k[1] for k in kinds], pa.string()),
+    })
+    con.register("referrer_hosts", table)
+    agents = [a for (a,) in con.execute("SELECT DISTINCT user_agent FROM session_rows").fetchall() if a]
+    parsed = [d.device_class(a) for a in agents]
+    con.register("user_agents", pa.table({
+        "user_agent": pa.array(agents, pa.string()),
+        "browser": pa.array([p[0] for p in parsed], pa.string()),
+        "os": pa.array([p[1] for p in parsed], pa.string()),
+        "device_type": pa.array([p[2] for p in parsed], pa.string()),
+    }))
+
+
+def _write(con, dataset: str, query: str, params: dict, spool: Path, rows_per_file: int,
+           row_group_rows: int = 64 * 1024) -> list[DatasetFile]:
+    """The query's rows, in the dataset's schema, as zstd Parquet files of at most
+    `rows_per_file` rows; no file for no rows (the receipt says 0)."""
+    schema = SCHEMAS[dataset]
+    files: list[DatasetFile] = []
+    writer, path, rows = None, None, 0
+
+    def close():
+        nonlocal writer, path, rows
+        writer.close()
+        data = path.read_bytes()
+        files.append(DatasetFile(path.name, path, rows, len(data), hashlib.sha256(data).hexdigest()))
+        writer, path, rows = None, None, 0
+
+    reader = con.execute(query, params).to_arrow_reader(row_group_rows)
+    for batch in reader:
+        table = pa.Table.from_batches([batch]).cast(schema)
+        while table.num_rows:
+            if writer is None:
+                path = spool / dataset / f"part-{len(files):05d}.parquet"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writer = pq.ParquetWriter(path, schema, compression="zstd")
+            head = table.slice(0, rows_per_file - rows)
+            table = table.slice(head.num_rows)
+            writer.write_table(head, row_group_size=row_group_rows)
+            rows += head.num_rows
+            if rows >= rows_per_file:
+                close()
+    if writer is not None:
+        close()
+    return files
+
+
+def compute_site_day(con: duckdb.DuckDBPyConnection, site_id: str, day: date, hour_files: list[Path],
+                     spool: Path, rows_per_file: int = 1_000_000) -> SiteDay:
+    """The four datasets of one site's day from its hour files (empty list: a day without
+    events, which still has its daily_site_metrics row). Files land under spool/<dataset>/."""
+    result = SiteDay(site_id, day)
+    files = [str(p) for p in hour_files]
+    for table in ("events", "visitor_split", "session_events", "session_rows", "sessions_out", "pageviews_out"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    for view in ("referrer_hosts", "user_agents"):
+        with_view = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = $v", {"v": view})
+        if with_view.fetchone()[0]:
+            con.unregister(view)
+    if files:
+        con.execute(_events_sql(), {"files": files})
+        result.input_rows = con.execute(
+            "SELECT count(*) FROM read_parquet($files, union_by_name = true)", {"files": files}).fetchone()[0]
+    else:
+        con.execute("""CREATE TEMP TABLE events AS SELECT NULL::BIGINT id, NULL::VARCHAR event_id,
+            NULL::VARCHAR event_type, NULL::VARCHAR visitor_id, NULL::VARCHAR site_id, NULL::VARCHAR url,
+            NULL::VARCHAR path, NULL::VARCHAR user_agent, NULL::VARCHAR source, NULL::TIMESTAMPTZ ts,
+            false clamped, false is_pageview, false is_interaction, NULL::VARCHAR referrer,
+            NULL::VARCHAR title, NULL::VARCHAR language, NULL::VARCHAR timezone, NULL::INTEGER screen_width,
+            NULL::INTEGER screen_height, NULL::INTEGER viewport_width, NULL::INTEGER viewport_height,
+            false has_bad_value, NULL::VARCHAR utm_source, NULL::VARCHAR utm_medium,
+            NULL::VARCHAR utm_campaign, NULL::VARCHAR utm_content, NULL::VARCHAR utm_term,
+            NULL::VARCHAR page_host LIMIT 0""")
+    con.execute(_SESSIONS_SQL)
+    _lookups(con)
+    params = {"site": site_id, "day": day.isoformat()}
+    con.execute(f"CREATE TEMP TABLE sessions_out AS {_OUTPUT_SQL['sessions']}")
+    con.execute(f"CREATE TEMP TABLE pageviews_out AS {_OUTPUT_SQL['pageviews']}")
+    sources = {"sessions": "SELECT * FROM sessions_out", "pageviews": "SELECT * FROM pageviews_out",
+               "daily_site_metrics": _OUTPUT_SQL["daily_site_metrics"],
+               "page_performance": _OUTPUT_SQL["page_performance"]}
+    for dataset, query in sources.items():
+        used = {k: v for k, v in params.items() if f"${k}" in query}
+        result.files[dataset] = _write(con, dataset, query, used, spool, rows_per_file)
+        result.rows[dataset] = sum(f.rows for f in result.files[dataset])
+    metrics = con.execute(_OUTPUT_SQL["daily_site_metrics"], params).to_arrow_table().to_pylist()[0]
+    result.metrics = metrics
+    counts = con.execute(f"""SELECT count(*) FILTER (clamped), count(*) FILTER (has_bad_value),
+        (SELECT count(DISTINCT visitor_id) FROM visitor_split
+         WHERE visitor_sessions > {d.MAX_SESSIONS_PER_VISITOR}) FROM events""").fetchone()
+    result.clamped_timestamps, result.bad_values, result.shared_visitors = counts
+    result.duplicates = result.input_rows - metrics["total_events"]
+    return result
