@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -80,7 +82,8 @@ def run_pixelpipe(database_url: str, endpoint: str) -> dict:
 
     run = compute_day(bench_s3_client(endpoint), BUCKET + "-backup", lambda site: (BUCKET, ""), DAY.date())
     assert not run.failed, run.failed
-    return {"rows": sum(s.input_rows for s in run.computed),
+    return {"phases": {k: round(v, 1) for k, v in run.phases.items()},
+            "rows": sum(s.input_rows for s in run.computed),
             "sessions": sum(s.metrics["total_sessions"] for s in run.computed),
             "pageviews": sum(s.metrics["total_pageviews"] for s in run.computed),
             "visitors": sum(s.metrics["unique_visitors"] for s in run.computed)}
@@ -199,8 +202,12 @@ def run_postgres(database_url: str, endpoint: str) -> dict:
         conn.execute("SELECT count(*) FROM page_performance").fetchone()
         hwm = next(int(line.split()[1]) for line in Path(f"/proc/{backend}/status").read_text().splitlines()
                    if line.startswith("VmHWM"))
+        ticks = os.sysconf("SC_CLK_TCK")
+        stat = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+        backend_cpu = (int(stat[11]) + int(stat[12])) / ticks  # utime + stime of the server backend
     return {"rows": int(totals[0]), "sessions": int(totals[1]), "pageviews": int(totals[2]),
-            "visitors": int(totals[3]), "backend_peak_rss_mb": hwm / 1024}
+            "visitors": int(totals[3]), "backend_peak_rss_mb": hwm / 1024,
+            "backend_cpu_seconds": backend_cpu}
 
 
 MODES = {"pixelpipe": run_pixelpipe, "postgres": run_postgres}
@@ -217,6 +224,8 @@ def child(mode: str, database_url: str, endpoint: str) -> None:
     result = MODES[mode](database_url, endpoint)
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_mb"] = peak_rss_mb()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime + result.get("backend_cpu_seconds", 0)
     print(json.dumps(result))
 
 
@@ -257,8 +266,9 @@ def main() -> None:
     for mode, r in results.items():
         extra = f", server backend peak {r['backend_peak_rss_mb']:.0f} MB" if "backend_peak_rss_mb" in r else ""
         print(f"{mode:>10}: {r['rows']:>10,} events in {r['seconds']:7.2f} s = {r['rows_per_s']:>9,.0f} rows/s, "
-              f"peak RSS {r['peak_rss_mb']:6.0f} MB{extra}; {r['sessions']:,} sessions, "
-              f"{r['pageviews']:,} pageviews, {r['visitors']:,} visitors")
+              f"peak RSS {r['peak_rss_mb']:6.0f} MB{extra}, CPU {r['cpu_seconds']:.1f} s; {r['sessions']:,} sessions, "
+              f"{r['pageviews']:,} pageviews, {r['visitors']:,} visitors" + (
+                  f"; seconds by phase {r['phases']}" if "phases" in r else ""))
     if "postgres" in results:
         same = all(results["pixelpipe"][k] == results["postgres"][k] for k in ("rows", "sessions", "pageviews", "visitors"))
         print(f"pixelpipe analytics: {results['pixelpipe']['rows_per_s'] / results['postgres']['rows_per_s']:.2f}x "

@@ -140,6 +140,8 @@ class DayRun:
     computed: list[SiteDay] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    # where the time went: waiting for input files, DuckDB, writing to the client buckets
+    phases: dict[str, float] = field(default_factory=lambda: {"input": 0.0, "compute": 0.0, "publish": 0.0})
 
 
 def compute_day(client, backup_bucket: str, destination: Callable[[str], tuple[str, str]], day: date,
@@ -150,6 +152,7 @@ def compute_day(client, backup_bucket: str, destination: Callable[[str], tuple[s
     day fails to compute, is recorded in `failed` and the next site goes on."""
     started = time.perf_counter()
     run = DayRun(inputs=day_inputs(client, backup_bucket, day, sites))
+    run.phases["receipts"] = time.perf_counter() - started
     spool = Path(tempfile.mkdtemp(prefix="pixelpipe-analytics-"))
 
     def site_spool(site: str) -> Path:
@@ -165,19 +168,25 @@ def compute_day(client, backup_bucket: str, destination: Callable[[str], tuple[s
             sites_in_order = list(run.inputs)
             pending = prefetch.submit(fetch, sites_in_order[0]) if sites_in_order else None
             for n, site in enumerate(sites_in_order):
+                waited = time.perf_counter()
                 files = pending.result()
+                run.phases["input"] += time.perf_counter() - waited
                 pending = prefetch.submit(fetch, sites_in_order[n + 1]) if n + 1 < len(sites_in_order) else None
                 day_input = run.inputs[site]
                 if day_input.problems:
                     run.failed[site] = "; ".join(day_input.problems)
                     continue
+                computing = time.perf_counter()
                 try:
                     site_day = compute_site_day(con, site, day, files, site_spool(site) / "out")
                 except Exception as error:  # noqa: BLE001 - one site's day must not stop the others
                     run.failed[site] = f"{type(error).__name__}: {str(error)[:300]}"
                     continue
+                publishing = time.perf_counter()
+                run.phases["compute"] += publishing - computing
                 bucket, prefix = destination(site)
                 publish_site_day(client, bucket, prefix, site_day, day_input)
+                run.phases["publish"] += time.perf_counter() - publishing
                 run.computed.append(site_day)
                 shutil.rmtree(site_spool(site), ignore_errors=True)
                 log(f"{site} {day}: {site_day.rows}")

@@ -167,8 +167,8 @@ def _events_sql() -> str:
     return f"""
 CREATE TEMP TABLE events AS
 WITH raw_rows AS (
-    SELECT id, event_id, event_type, visitor_id, site_id, url, path, user_agent, created_at,
-           coalesce(source, 'pixelpipe') AS source, CAST(raw_event_data AS VARCHAR) AS raw,
+    SELECT id, event_id, event_type, visitor_id, session_id AS client_session_id, site_id, url, path,
+           user_agent, created_at, coalesce(source, 'pixelpipe') AS source, CAST(raw_event_data AS VARCHAR) AS raw,
            "timestamp" AS client_timestamp
     FROM read_parquet($files, union_by_name = true)
 ), repeated AS (  -- re-sent events: the earliest copy is kept
@@ -181,7 +181,7 @@ WITH raw_rows AS (
     FROM raw_rows r LEFT JOIN first_copies f USING (event_id)
     WHERE f.first_id IS NULL OR f.first_id = r.id
 )
-SELECT id, event_id, event_type, nullif(visitor_id, '') AS visitor_id, site_id,
+SELECT id, event_id, event_type, nullif(visitor_id, '') AS visitor_id, client_session_id, site_id,
        left(url, {d.URL_MAX}) AS url, left(path, {d.PATH_MAX}) AS path, user_agent, source,
        -- the event's own clock, trusted within [created_at - 24 h, created_at]
        least(greatest(client_timestamp, created_at - INTERVAL {int(d.CLOCK_WINDOW.total_seconds())} SECOND),
@@ -204,6 +204,10 @@ FROM deduplicated
 # the event's time changes. session_id is a hash of the site, the visitor and the session's first
 # event: the same hours always give the same ids.
 _SESSIONS_SQL = f"""
+CREATE TEMP TABLE shared_visitors AS
+SELECT visitor_id FROM events WHERE visitor_id IS NOT NULL GROUP BY visitor_id
+HAVING count(DISTINCT client_session_id) > {d.MAX_CLIENT_SESSIONS_PER_VISITOR} OR count(*) > {d.MAX_EVENTS_PER_VISITOR};
+
 -- Only the narrow columns go through the windows' sorts; the events join back by id.
 CREATE TEMP TABLE visitor_split AS
 WITH starts AS (
@@ -211,19 +215,15 @@ WITH starts AS (
            CASE WHEN lag(ts) OVER w IS NULL
                   OR ts - lag(ts) OVER w > INTERVAL {int(d.SESSION_GAP.total_seconds())} SECOND
                   OR CAST(ts AS DATE) <> CAST(lag(ts) OVER w AS DATE) THEN 1 ELSE 0 END AS starts
-    FROM events WHERE visitor_id IS NOT NULL
+    FROM events WHERE visitor_id IS NOT NULL AND visitor_id NOT IN (SELECT visitor_id FROM shared_visitors)
     WINDOW w AS (PARTITION BY visitor_id ORDER BY ts, id)
 )
 SELECT id, visitor_id, sum(starts) OVER w AS session_no, row_number() OVER w AS seq
 FROM starts WINDOW w AS (PARTITION BY visitor_id ORDER BY ts, id);
 
-CREATE TEMP TABLE shared_visitors AS
-SELECT visitor_id FROM visitor_split GROUP BY visitor_id HAVING max(session_no) > {d.MAX_SESSIONS_PER_VISITOR};
-
 CREATE TEMP TABLE session_events AS
 SELECT e.*, v.session_no, v.seq
-FROM events e JOIN visitor_split v USING (id)
-WHERE v.visitor_id NOT IN (SELECT visitor_id FROM shared_visitors);
+FROM events e JOIN visitor_split v USING (id);
 
 CREATE TEMP TABLE session_rows AS
 SELECT site_id, md5(site_id || chr(31) || visitor_id || chr(31) || arg_min(event_id, seq)) AS session_id,
@@ -432,7 +432,8 @@ def compute_site_day(con: duckdb.DuckDBPyConnection, site_id: str, day: date, ho
             "SELECT count(*) FROM read_parquet($files, union_by_name = true)", {"files": files}).fetchone()[0]
     else:
         con.execute("""CREATE TEMP TABLE events AS SELECT NULL::BIGINT id, NULL::VARCHAR event_id,
-            NULL::VARCHAR event_type, NULL::VARCHAR visitor_id, NULL::VARCHAR site_id, NULL::VARCHAR url,
+            NULL::VARCHAR event_type, NULL::VARCHAR visitor_id, NULL::VARCHAR client_session_id,
+            NULL::VARCHAR site_id, NULL::VARCHAR url,
             NULL::VARCHAR path, NULL::VARCHAR user_agent, NULL::VARCHAR source, NULL::TIMESTAMPTZ ts,
             false clamped, false is_pageview, false is_interaction, NULL::VARCHAR referrer,
             NULL::VARCHAR title, NULL::VARCHAR language, NULL::VARCHAR timezone, NULL::INTEGER screen_width,

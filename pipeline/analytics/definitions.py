@@ -20,9 +20,12 @@ NON_INTERACTION_TYPES = (*PAGEVIEW_TYPES, "scroll", "scroll_depth", "page_ping",
 SESSION_GAP = timedelta(minutes=30)
 # An event's own clock is trusted inside [created_at - CLOCK_WINDOW, created_at].
 CLOCK_WINDOW = timedelta(hours=24)
-# A visitor id with more sessions than this in one day is shared (a constant an integration
-# sends for everyone, a bot): its events count in total_events and in no session.
-MAX_SESSIONS_PER_VISITOR = 500
+# A visitor id that many people share (a constant an integration sends for everyone, a bot) is
+# no visitor: its events count in total_events and in no session. It is shared when its day
+# holds more client session ids, or more events, than one person makes (t.js, PostHog and
+# Snowplow send their own session id; 20,000 events is a Snowplow page ping every 5 s all day).
+MAX_CLIENT_SESSIONS_PER_VISITOR = 500
+MAX_EVENTS_PER_VISITOR = 20_000
 
 # Caps, as the collector caps text (ingest_service/events.py): longer is cut, not refused.
 TITLE_MAX = 1000

@@ -31,10 +31,10 @@ class Events:
         self.rows = []
 
     def add(self, site, event_type, visitor, at, url, raw=None, *, source="pixelpipe", agent=CHROME,
-            ingested=None, event_id=None):
+            ingested=None, event_id=None, session=None):
         event_id = event_id or str(uuid.uuid4())
         path = "/" + url.split("/", 3)[3].split("?")[0] if url.count("/") >= 3 else None
-        self.rows.append((event_id, event_type, None, visitor, site, at, url, path, agent, None,
+        self.rows.append((event_id, event_type, session, visitor, site, at, url, path, agent, None,
                           orjson.dumps(raw or {}).decode(), source, ingested or at + timedelta(seconds=2)))
         return event_id
 
@@ -79,6 +79,10 @@ def scenario() -> Events:
                        "locale": "de-DE", "timezone": "Europe/Berlin", "screen": {"width": 390, "height": 844}}},
           source="segment", agent=IPHONE)
     e.add("beta", "Order Completed", "anon-1", h9 + 3 * m, "https://beta.example/shop", {}, source="segment")
+    # an integration that sends one visitor id for everyone: 501 client sessions, so no visitor
+    for n in range(501):
+        e.add("beta", "Product Viewed", "undefined", h9 + timedelta(seconds=n), "https://beta.example/p",
+              {}, source="segment", session=f"s-{n}")
     # gamma: a Snowplow page view from Facebook and a PostHog $pageview without referrer
     e.add("gamma", "page_view", "sp-1", h9, "https://gamma.example/a",
           {"refr": "https://l.facebook.com/", "page": "A", "lang": "fr-FR", "res": "1280x720", "vp": "1000x600"},
@@ -137,6 +141,9 @@ def straightforward_metrics(events: Events, site: str, day: datetime) -> dict:
     for row in rows:
         if row[3]:
             by_visitor[row[3]].append(row)
+    for visitor, visitor_rows in list(by_visitor.items()):  # shared by everyone: no visitor
+        if len({r[2] for r in visitor_rows}) > 500 or len(visitor_rows) > 20_000:
+            del by_visitor[visitor]
     sessions = []
     for visitor_rows in by_visitor.values():
         visitor_rows.sort(key=lambda r: r[5])
@@ -177,6 +184,9 @@ def test_two_days_of_three_sites_compute_the_four_datasets(resources, db, s3, bu
                          if m.asset_key.to_user_string() == "daily_site_metrics"]
     assert "| alpha | 4 | 6 | 8 |" in materialization.metadata["per_site"].value
     assert materialization.metadata["duplicates_left_out"].value == 1
+    assert materialization.metadata["bad_values"].value == 1  # alpha's title that is a number
+    assert materialization.metadata["shared_visitor_ids"].value == 1  # beta's "undefined"
+    assert materialization.metadata["clamped_timestamps"].value == 0
 
     sessions = dataset(s3, own, "sessions", "alpha", DAY2, "exports/")
     by_entry = {(s["visitor_id"], s["entry_path"]): s for s in sessions}
