@@ -221,7 +221,15 @@ def child(mode: str, database_url: str, endpoint: str) -> None:
     import pipeline.analytics.bucket  # noqa: F401
 
     started = time.perf_counter()
-    result = MODES[mode](database_url, endpoint)
+    if os.environ.get("BENCH_PROFILE"):  # where the Python side's CPU goes, to stderr
+        import cProfile
+        import pstats
+
+        profile = cProfile.Profile()
+        result = profile.runcall(MODES[mode], database_url, endpoint)
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    else:
+        result = MODES[mode](database_url, endpoint)
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_mb"] = peak_rss_mb()
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -234,6 +242,8 @@ def measure(mode: str, servers: dict) -> dict:
                              servers["s3_endpoint"]], capture_output=True, text=True)
     if output.returncode:
         sys.exit(f"{mode} failed:\n{output.stderr[-3000:]}")
+    if os.environ.get("BENCH_PROFILE"):
+        print(output.stderr[-12000:])
     output = output.stdout
     result = json.loads(output.strip().splitlines()[-1])
     result["rows_per_s"] = result["rows"] / result["seconds"]

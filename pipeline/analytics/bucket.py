@@ -82,11 +82,13 @@ def download_day(client, backup_bucket: str, day_input: DayInput, spool: Path) -
     def fetch(numbered: tuple[int, tuple[str, str]]) -> Path | None:
         n, (key, sha256) = numbered
         path = spool / f"input-{n:05d}.parquet"
-        client.download_file(backup_bucket, key, str(path))
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
+        # One GET, hashed as it streams to disk (the transfer manager's HEAD and threads cost
+        # more CPU than these few-MB files are worth).
+        body, digest = client.get_object(Bucket=backup_bucket, Key=key)["Body"], hashlib.sha256()
+        with open(path, "wb") as handle:
+            for block in iter(lambda: body.read(1 << 20), b""):
                 digest.update(block)
+                handle.write(block)
         if digest.hexdigest() != sha256:
             day_input.problems.append(f"s3://{backup_bucket}/{key}: SHA-256 differs from its hour's receipt")
             return None

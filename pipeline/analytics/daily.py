@@ -194,8 +194,7 @@ SELECT id, event_id, event_type, nullif(visitor_id, '') AS visitor_id, client_se
        {bad} AS has_bad_value,
        {_utm('utm_source')} AS utm_source, {_utm('utm_medium')} AS utm_medium,
        {_utm('utm_campaign')} AS utm_campaign, {_utm('utm_content')} AS utm_content,
-       {_utm('utm_term')} AS utm_term,
-       {_host('url')} AS page_host
+       {_utm('utm_term')} AS utm_term
 FROM deduplicated
 """
 
@@ -205,8 +204,14 @@ FROM deduplicated
 # event: the same hours always give the same ids.
 _SESSIONS_SQL = f"""
 CREATE TEMP TABLE shared_visitors AS
-SELECT visitor_id FROM events WHERE visitor_id IS NOT NULL GROUP BY visitor_id
-HAVING count(DISTINCT client_session_id) > {d.MAX_CLIENT_SESSIONS_PER_VISITOR} OR count(*) > {d.MAX_EVENTS_PER_VISITOR};
+WITH busy AS (  -- only a visitor with that many events can have that many client sessions
+    SELECT visitor_id, count(*) AS events FROM events WHERE visitor_id IS NOT NULL GROUP BY visitor_id
+    HAVING count(*) > {d.MAX_CLIENT_SESSIONS_PER_VISITOR}
+)
+SELECT visitor_id FROM busy WHERE events > {d.MAX_EVENTS_PER_VISITOR}
+UNION
+SELECT e.visitor_id FROM events e JOIN busy USING (visitor_id)
+GROUP BY e.visitor_id HAVING count(DISTINCT e.client_session_id) > {d.MAX_CLIENT_SESSIONS_PER_VISITOR};
 
 -- Only the narrow columns go through the windows' sorts; the events join back by id.
 CREATE TEMP TABLE visitor_split AS
@@ -234,7 +239,7 @@ SELECT site_id, md5(site_id || chr(31) || visitor_id || chr(31) || arg_min(event
        count(*) FILTER (is_pageview) <= 1 AND count(*) FILTER (is_interaction) = 0 AS bounce,
        -- entry and exit: the first and last pageview (the first event when there is none)
        arg_min_null(url, entry_rank) AS entry_url, arg_min_null(path, entry_rank) AS entry_path,
-       arg_min_null(title, entry_rank) AS entry_title, arg_min_null(page_host, entry_rank) AS entry_host,
+       arg_min_null(title, entry_rank) AS entry_title,
        arg_max_null(url, exit_rank) AS exit_url, arg_max_null(path, exit_rank) AS exit_path,
        -- attribution: the session's first event
        arg_min_null(utm_source, seq) AS utm_source, arg_min_null(utm_medium, seq) AS utm_medium,
@@ -257,13 +262,13 @@ GROUP BY site_id, visitor_id, session_no;
 """
 
 _OUTPUT_SQL = {
-    "sessions": """
+    "sessions": f"""
 SELECT s.site_id, s.session_id, s.visitor_id, s.session_start, s.session_end, s.duration_seconds,
        s.pageview_count, s.event_count, s.bounce, s.entry_url, s.entry_path, s.entry_title,
        s.exit_url, s.exit_path, s.utm_source, s.utm_medium, s.utm_campaign, s.utm_content, s.utm_term,
-       CASE WHEN s.original_referrer IS NULL OR r.host = '' OR r.host = s.entry_host THEN 'direct'
+       CASE WHEN s.original_referrer IS NULL OR r.host = '' OR r.host = {_host('s.entry_url')} THEN 'direct'
             ELSE r.referrer_type END AS referrer_type,
-       CASE WHEN s.original_referrer IS NULL OR r.host = '' OR r.host = s.entry_host THEN NULL
+       CASE WHEN s.original_referrer IS NULL OR r.host = '' OR r.host = {_host('s.entry_url')} THEN NULL
             ELSE r.referrer_platform END AS referrer_platform,
        s.original_referrer, s.user_agent, u.browser, u.os, u.device_type, s.browser_language,
        s.timezone, s.screen_width, s.screen_height, s.viewport_width, s.viewport_height, s.source
@@ -279,7 +284,8 @@ WITH on_page AS (  -- to the session's next pageview
 )
 SELECT e.site_id, r.session_id, r.visitor_id, e.event_id, e.url, e.path, e.title, e.ts AS view_timestamp,
        p.seconds AS time_on_page_seconds,
-       e.referrer, coalesce({_host('e.referrer')} = e.page_host AND e.page_host <> '', false) AS internal_referrer,
+       e.referrer, coalesce({_host('e.referrer')} = {_host('e.url')} AND {_host('e.url')} <> '', false)
+           AS internal_referrer,
        e.utm_source, e.utm_medium, e.utm_campaign, e.utm_content, e.utm_term
 FROM events e LEFT JOIN on_page p ON p.id = e.id
 LEFT JOIN session_rows r ON r.visitor_id = p.visitor_id AND r.session_no = p.session_no
@@ -439,8 +445,7 @@ def compute_site_day(con: duckdb.DuckDBPyConnection, site_id: str, day: date, ho
             NULL::VARCHAR title, NULL::VARCHAR language, NULL::VARCHAR timezone, NULL::INTEGER screen_width,
             NULL::INTEGER screen_height, NULL::INTEGER viewport_width, NULL::INTEGER viewport_height,
             false has_bad_value, NULL::VARCHAR utm_source, NULL::VARCHAR utm_medium,
-            NULL::VARCHAR utm_campaign, NULL::VARCHAR utm_content, NULL::VARCHAR utm_term,
-            NULL::VARCHAR page_host LIMIT 0""")
+            NULL::VARCHAR utm_campaign, NULL::VARCHAR utm_content, NULL::VARCHAR utm_term LIMIT 0""")
     con.execute(_SESSIONS_SQL)
     _lookups(con)
     params = {"site": site_id, "day": day.isoformat()}
