@@ -167,9 +167,10 @@ def _events_sql() -> str:
     return f"""
 CREATE TEMP TABLE events AS
 WITH raw_rows AS (
+    -- Times as plain UTC timestamps: no time-zone arithmetic per event from here on.
     SELECT id, event_id, event_type, visitor_id, session_id AS client_session_id, site_id, url, path,
-           user_agent, created_at, coalesce(source, 'pixelpipe') AS source, CAST(raw_event_data AS VARCHAR) AS raw,
-           "timestamp" AS client_timestamp
+           user_agent, make_timestamp(epoch_us(created_at)) AS created_at, coalesce(source, 'pixelpipe') AS source,
+           CAST(raw_event_data AS VARCHAR) AS raw, make_timestamp(epoch_us("timestamp")) AS client_timestamp
     FROM read_parquet($files, union_by_name = true)
 ), repeated AS (  -- re-sent events: the earliest copy is kept
     SELECT event_id, min(created_at) AS first_at FROM raw_rows GROUP BY event_id HAVING count(*) > 1
@@ -219,7 +220,8 @@ WITH starts AS (
     SELECT id, visitor_id, ts,
            CASE WHEN lag(ts) OVER w IS NULL
                   OR ts - lag(ts) OVER w > INTERVAL {int(d.SESSION_GAP.total_seconds())} SECOND
-                  OR CAST(ts AS DATE) <> CAST(lag(ts) OVER w AS DATE) THEN 1 ELSE 0 END AS starts
+                  OR epoch_us(ts) // 86400000000 <> epoch_us(lag(ts) OVER w) // 86400000000 THEN 1 ELSE 0 END
+           AS starts
     FROM events WHERE visitor_id IS NOT NULL AND visitor_id NOT IN (SELECT visitor_id FROM shared_visitors)
     WINDOW w AS (PARTITION BY visitor_id ORDER BY ts, id)
 )
@@ -284,12 +286,13 @@ WITH on_page AS (  -- to the session's next pageview
 )
 SELECT e.site_id, r.session_id, r.visitor_id, e.event_id, e.url, e.path, e.title, e.ts AS view_timestamp,
        p.seconds AS time_on_page_seconds,
-       e.referrer, coalesce({_host('e.referrer')} = {_host('e.url')} AND {_host('e.url')} <> '', false)
-           AS internal_referrer,
+       e.referrer, coalesce(e.referrer_host = e.page_host AND e.page_host <> '', false) AS internal_referrer,
        e.utm_source, e.utm_medium, e.utm_campaign, e.utm_content, e.utm_term
-FROM events e LEFT JOIN on_page p ON p.id = e.id
+FROM (SELECT *, CASE WHEN referrer IS NOT NULL THEN {_host('referrer')} END AS referrer_host,
+             CASE WHEN referrer IS NOT NULL THEN {_host('url')} END AS page_host
+      FROM events WHERE is_pageview) e
+LEFT JOIN on_page p ON p.id = e.id
 LEFT JOIN session_rows r ON r.visitor_id = p.visitor_id AND r.session_no = p.session_no
-WHERE e.is_pageview
 ORDER BY view_timestamp, e.event_id""",
     "daily_site_metrics": """
 SELECT $site AS site_id, CAST($day AS DATE) AS metric_date,
@@ -440,7 +443,7 @@ def compute_site_day(con: duckdb.DuckDBPyConnection, site_id: str, day: date, ho
         con.execute("""CREATE TEMP TABLE events AS SELECT NULL::BIGINT id, NULL::VARCHAR event_id,
             NULL::VARCHAR event_type, NULL::VARCHAR visitor_id, NULL::VARCHAR client_session_id,
             NULL::VARCHAR site_id, NULL::VARCHAR url,
-            NULL::VARCHAR path, NULL::VARCHAR user_agent, NULL::VARCHAR source, NULL::TIMESTAMPTZ ts,
+            NULL::VARCHAR path, NULL::VARCHAR user_agent, NULL::VARCHAR source, NULL::TIMESTAMP ts,
             false clamped, false is_pageview, false is_interaction, NULL::VARCHAR referrer,
             NULL::VARCHAR title, NULL::VARCHAR language, NULL::VARCHAR timezone, NULL::INTEGER screen_width,
             NULL::INTEGER screen_height, NULL::INTEGER viewport_width, NULL::INTEGER viewport_height,
