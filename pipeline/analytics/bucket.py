@@ -104,7 +104,8 @@ def publish_site_day(client, bucket: str, prefix: str, site_day: SiteDay, day_in
     one did not write is removed, then the receipt: its presence means the day is complete."""
     computed_at = computed_at or datetime.now(UTC)
     written = []
-    inputs = {"hours": day_input.hours, "rows": day_input.rows, "duplicates": site_day.duplicates}
+    inputs = {"hours": day_input.hours, "rows": day_input.rows, "duplicates": site_day.duplicates,
+              "pageviews": site_day.input_pageviews}
     for dataset in DATASETS:
         base = dataset_prefix(dataset, site_day.site_id, site_day.day, prefix)
         files = site_day.files.get(dataset, [])

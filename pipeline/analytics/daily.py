@@ -351,6 +351,7 @@ class SiteDay:
     rows: dict[str, int] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     input_rows: int = 0
+    input_pageviews: int = 0
     duplicates: int = 0
     clamped_timestamps: int = 0
     bad_values: int = 0
@@ -437,8 +438,11 @@ def compute_site_day(con: duckdb.DuckDBPyConnection, site_id: str, day: date, ho
         con.unregister(view)  # a no-op when not registered
     if files:
         con.execute(_events_sql(), {"files": files})
-        result.input_rows = con.execute(
-            "SELECT count(*) FROM read_parquet($files, union_by_name = true)", {"files": files}).fetchone()[0]
+        # Counted again straight from the files, for daily_metrics_reconcile: every row, and the
+        # distinct pageviews (a re-sent copy once).
+        result.input_rows, result.input_pageviews = con.execute(
+            f"""SELECT count(*), count(DISTINCT event_id) FILTER (event_type IN ({_sql_list(d.PAGEVIEW_TYPES)}))
+                FROM read_parquet($files, union_by_name = true)""", {"files": files}).fetchone()
     else:
         con.execute("""CREATE TEMP TABLE events AS SELECT NULL::BIGINT id, NULL::VARCHAR event_id,
             NULL::VARCHAR event_type, NULL::VARCHAR visitor_id, NULL::VARCHAR client_session_id,

@@ -43,8 +43,9 @@ def _site_table(days: list[SiteDay], limit: int = 50) -> str:
 
 def _reconcile(client, destinations: dict, default_bucket: str, computed: list[SiteDay],
                inputs: dict) -> tuple[bool, list[str]]:
-    """From the client's bucket: each site-day's metrics equal its raw hours' receipts (events),
-    its pageviews and sessions datasets (rows per receipt)."""
+    """Each site-day's metrics against its raw hours (events from their receipts, pageviews
+    counted again straight from the files) and against its own datasets in the client's bucket
+    (rows per receipt)."""
     problems = []
     for site_day in computed:
         bucket, prefix = destinations.get(site_day.site_id, (default_bucket, ""))
@@ -57,6 +58,9 @@ def _reconcile(client, destinations: dict, default_bucket: str, computed: list[S
         if m["total_events"] + site_day.duplicates != raw_rows:
             problems.append(f"{site_day.site_id}: total_events {m['total_events']} + {site_day.duplicates} "
                             f"re-sent copies != {raw_rows} rows in the day's hour receipts")
+        if m["total_pageviews"] != site_day.input_pageviews:
+            problems.append(f"{site_day.site_id}: total_pageviews {m['total_pageviews']} != "
+                            f"{site_day.input_pageviews} pageviews in the day's raw files")
         if receipts["pageviews"]["rows"] != m["total_pageviews"]:
             problems.append(f"{site_day.site_id}: pageviews has {receipts['pageviews']['rows']} rows, "
                             f"total_pageviews says {m['total_pageviews']}")
