@@ -290,6 +290,20 @@ def test_two_days_of_three_sites_compute_the_four_datasets(resources, db, s3, bu
         assert materialize_day(resources, day).success
     assert objects(s3, own, "exports/analytics/") | objects(s3, buckets["client"], "analytics/") == erased
 
+    # A site whose hour file no longer matches its receipt fails alone; the other sites are written.
+    [gamma_file] = [o["Key"] for o in s3.list_objects_v2(
+        Bucket=buckets["backup"], Prefix=f"site_id=gamma/date={DAY2:%Y-%m-%d}/").get("Contents", [])
+        if o["Key"].endswith(".parquet")]
+    s3.put_object(Bucket=buckets["backup"], Key=gamma_file, Body=b"not the exported file")
+    result = materialize_day(resources, DAY2)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    description = failure.step_failure_data.user_failure_data.description
+    assert "1 site(s)" in description and "gamma" in description and "SHA-256 differs" in description
+    [metrics] = [m for m in result.asset_materializations_for_node("daily_analytics")
+                 if m.asset_key.to_user_string() == "daily_site_metrics"]
+    assert metrics.metadata["sites"].value == 2  # alpha and beta
+
 
 def test_a_day_runs_once_its_24_hours_are_exported_and_again_when_one_is_re_exported():
     from pipeline.assets.analytics import daily_analytics
