@@ -1,7 +1,7 @@
 """Daily analytics: one UTC day of N events over S sites, two ways, same run, same rows.
 
   pixelpipe   the assets' code (pipeline/analytics/bucket.compute_day): the day's exported hour
-              files from the backup bucket -> DuckDB in process (512 MB limit, spilling) -> four
+              files from the backup bucket -> DuckDB in process (256 MB limit, spilling) -> four
               datasets as zstd Parquet with receipts in the client bucket
   postgres    the original design's way: the same sessions, pageviews, daily_site_metrics and
               page_performance in SQL inside PostgreSQL over events_log, into tables, as its

@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline.analytics.daily import (
     ANALYTICS_SCHEMA_VERSION,
     DATASETS,
+    MEMORY_LIMIT,
     SiteDay,
     compute_site_day,
     connect,
@@ -149,7 +150,7 @@ class DayRun:
 
 
 def compute_day(client, backup_bucket: str, destination: Callable[[str], tuple[str, str]], day: date,
-                memory_limit: str = "512MB", log: Callable[[str], None] = lambda _: None,
+                memory_limit: str = MEMORY_LIMIT, log: Callable[[str], None] = lambda _: None,
                 sites: set[str] | None = None, workers: int = 2) -> DayRun:
     """Every site of the day (or only `sites`), `workers` sites at a time, each written to
     `destination(site)` (bucket, prefix) as soon as it is computed. A site whose input does not

@@ -358,7 +358,13 @@ class SiteDay:
     shared_visitors: int = 0
 
 
-def connect(spool: Path, memory_limit: str = "512MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+# DuckDB's own limit; the process peaks well above it (hash tables and windows it does not count,
+# Arrow batches, the Python side): 256 MB kept a 10-million-event day under 1 GB of RSS with
+# two sites side by side, 512 MB did not (docs/benchmarks.md).
+MEMORY_LIMIT = "256MB"
+
+
+def connect(spool: Path, memory_limit: str = MEMORY_LIMIT, threads: int = 2) -> duckdb.DuckDBPyConnection:
     """An in-process DuckDB that stays under `memory_limit`, spilling to `spool`."""
     spool.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads,

@@ -24,4 +24,4 @@ def rebuild_days(conn, client, settings, site: str, hours: list[datetime]) -> st
                           lambda s: destinations.get(s, (settings.client_bucket, "")), day, sites={site})
         if run.failed:
             raise RuntimeError(f"the analytics of {site} on {day} could not be recomputed: {run.failed[site]}")
-    return f"{len(days)} days of {site} recomputed"
+    return f"{len(days)} day(s) of {site} recomputed"

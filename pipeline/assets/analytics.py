@@ -8,7 +8,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from pipeline.analytics.bucket import compute_day, read_receipts
-from pipeline.analytics.daily import DATASETS, SiteDay
+from pipeline.analytics.daily import DATASETS, MEMORY_LIMIT, SiteDay
 from pipeline.assets.export import hourly_export
 from pipeline.ledger import site_destinations
 from pipeline.partitions import daily_partitions
@@ -26,7 +26,6 @@ _DESCRIPTIONS = {
                           "duration, traffic sources.",
     "page_performance": "One row per site, day and path: views, visitors, entries, exits, bounce rate.",
 }
-MEMORY_LIMIT = "512MB"
 
 
 def _site_table(days: list[SiteDay], limit: int = 50) -> str:

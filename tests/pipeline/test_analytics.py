@@ -274,7 +274,7 @@ def test_two_days_of_three_sites_compute_the_four_datasets(resources, db, s3, bu
 
     # An erasure reaches the derived days: v1 is gone from sessions and pageviews, the metrics follow.
     erasure = erase_visitor(db, s3, resources["settings"], "alpha", "v1", "request 24")
-    assert erasure.derived == {"analytics": "1 days of alpha recomputed"}
+    assert erasure.derived == {"analytics": "1 day(s) of alpha recomputed"}
     assert "v1" not in {s["visitor_id"] for s in dataset(s3, own, "sessions", "alpha", DAY2, "exports/")}
     assert "v1" not in {p["visitor_id"] for p in dataset(s3, own, "pageviews", "alpha", DAY2, "exports/")}
     [after] = dataset(s3, own, "daily_site_metrics", "alpha", DAY2, "exports/")
