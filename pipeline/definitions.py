@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from pipeline.assets.analytics import daily_analytics
 from pipeline.assets.billing import billing_matches_manifest, monthly_billing
 from pipeline.assets.events_log import events_log
 from pipeline.assets.export import hourly_export
@@ -25,7 +26,8 @@ from pipeline.resources import refuse_in_process_run_without_database, resources
 refuse_in_process_run_without_database()
 
 defs = dg.Definitions(
-    assets=[events_log, hourly_export, retention_cleanup, db_maintenance, monthly_billing],
+    assets=[events_log, hourly_export, retention_cleanup, db_maintenance, monthly_billing,
+            daily_analytics],
     asset_checks=[hourly_export_checks, billing_matches_manifest],
     jobs=[hourly_export_job, retention_job, maintenance_job, billing_job, erase_visitor_job],
     schedules=[hourly_export_schedule, retention_schedule, maintenance_schedule, billing_schedule],

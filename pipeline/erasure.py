@@ -27,6 +27,7 @@ from pydantic import Field
 from ingest_service.dead_letters import names_visitor
 from pipeline.assets.billing import reissue_client_statements
 from pipeline.assets.export_checks import reconcile, verify_receipts, verify_tenants
+from pipeline.derived import rebuild_after_rewrite
 from pipeline.export_files import object_key, rewrite_site_files
 from pipeline.ledger import (
     SiteExport,
@@ -53,6 +54,7 @@ class Erasure:
     dead_letters: int = 0
     hours_rewritten: list[datetime] = field(default_factory=list)
     statements_reissued: int = 0
+    derived: dict[str, str] = field(default_factory=dict)  # what each derived dataset rebuilt
 
 
 def visitor_sha256(visitor: str) -> str:
@@ -223,6 +225,11 @@ def erase_visitor(conn, client, settings: PipelineSettings, site: str, visitor: 
         erasure.statements_reissued = reissue_client_statements(conn, client, settings.client_bucket, months)
     except dg.Failure as error:
         raise PixelpipeError(f"erasure {erasure.erasure_id}: {error.description}") from None
+    try:  # whatever is derived from the rewritten files (registered in pipeline/derived.py)
+        erasure.derived = rebuild_after_rewrite(conn, client, settings, site, erasure.hours_rewritten)
+    except Exception as error:  # noqa: BLE001 - named, with what to do
+        raise PixelpipeError(f"erasure {erasure.erasure_id} rewrote the raw hours, but a derived dataset "
+                             f"failed to follow: {error}. Run the same erasure again.") from None
     # The totals from the ledger: a resumed erasure reports what all its runs removed.
     erasure.rows_in_database, erasure.rows_in_files = conn.execute(
         """UPDATE erasures SET finished_at = now(), dead_letters = dead_letters + %(dead)s,

@@ -36,3 +36,7 @@ def run_hours(context) -> list:
 def partition_key_of(hour) -> str:
     """The partition key of a UTC ingest hour (a run over a range records each hour under it)."""
     return f"{hour:%Y-%m-%d-%H:%M}"
+
+
+# UTC days of ingest hours: a day's analytics depend on its 24 hourly_export partitions.
+daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START[:10], timezone="UTC")

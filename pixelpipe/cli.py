@@ -181,9 +181,19 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
                 raise PixelpipeError(f"--billing {args.billing!r} is not a month: write it as 2026-10.") from None
             checked, problems = verify_statement(client, bucket, prefix, month)
             what = f"sites of the {args.billing} statement"
-        else:
+        elif args.dataset in (None, "events"):
             checked, problems = verify_location(client, bucket, prefix, args.site, start, end)
             what = "site-hours"
+        if not args.billing and args.dataset != "events":
+            from pixelpipe.core.receipts import verify_datasets
+
+            if args.dataset is None:
+                print(f"{checked} {what} checked under {args.target}: " + (
+                    f"{len(problems)} problems" if problems else "all match their receipts"), file=sys.stderr)
+            days, day_problems = verify_datasets(client, bucket, prefix, args.site,
+                                                 (args.dataset,) if args.dataset else None)
+            checked, what = days, "site-days of analytics"
+            problems = ([] if args.dataset else problems) + day_problems
     except (BotoCoreError, ClientError) as error:
         raise PixelpipeError(f"cannot read s3://{bucket}/{prefix}: {_one_line(error)}. Check that the local "
                              "stack is running (`pixelpipe up`), or PIXELPIPE_S3_ENDPOINT and "
@@ -286,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--site", help="only this site")
     verify.add_argument("--from", dest="start", metavar="HOUR", help="first ingest hour, e.g. 2026-11-24-00:00 (UTC)")
     verify.add_argument("--to", dest="end", metavar="HOUR", help="last ingest hour, inclusive")
+    verify.add_argument("--dataset", choices=["events", "sessions", "pageviews", "daily_site_metrics",
+                                              "page_performance"],
+                        help="only the raw hours (events) or one analytics dataset; all by default")
     verify.add_argument("--billing", metavar="YYYY-MM", help="recompute that month's statement from the receipts")
     verify.set_defaults(func=cmd_verify)
 

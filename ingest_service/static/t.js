@@ -107,7 +107,12 @@
   var lastPath = location.pathname;
   function pageview() {
     lastPath = location.pathname; reached = {};
-    track("pageview", { title: document.title });
+    /* What the daily analytics' sessions need (docs/analytics.md), and nothing more. */
+    var sc = window.screen || {}, de = document.documentElement;
+    track("pageview", { title: document.title, language: nav.language,
+                        timezone: Intl.DateTimeFormat().resolvedOptions().timeZone,
+                        screenWidth: sc.width, screenHeight: sc.height,
+                        viewportWidth: de.clientWidth, viewportHeight: de.clientHeight });
   }
   /* Single-page apps: a pageview on pushState, on replaceState that changes the path, on popstate. */
   if (cfg.spa !== "false") {

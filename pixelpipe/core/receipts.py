@@ -217,3 +217,50 @@ def verify_location(client, bucket: str, prefix: str = "", site: str | None = No
         hour_prefix = f"{base}site_id={hour_site}/date={hour:%Y-%m-%d}/hour={hour:%H}/"
         problems += verify_hour(client, bucket, hour_prefix, listed, hour_site, hour)
     return len(hours), problems
+
+
+# Derived datasets (pipeline/analytics): one receipt per site, dataset and UTC day, in the hourly
+# receipts' form, at <prefix>analytics/<dataset>/site_id=<site>/date=<YYYY-MM-DD>/_receipt.json.
+ANALYTICS_DIR = "analytics/"
+_DAY_KEY = re.compile(
+    r"^(?P<base>.*?)analytics/(?P<dataset>[a-z_]+)/site_id=(?P<site>[^/]+)/date=(?P<date>\d{4}-\d{2}-\d{2})/(?P<name>[^/]+)$")
+
+
+def dataset_receipt_bytes(site_id: str, dataset: str, day: str, files: list[dict], rows: int,
+                          schema_version: int, computed_at: datetime, inputs: dict) -> bytes:
+    """A derived day's receipt, canonical JSON: `files` as in receipt_bytes; `inputs` says what
+    it was computed from (the day's exported hours, their rows, the re-sent copies left out)."""
+    receipt = {
+        "receipt_version": RECEIPT_VERSION,
+        "site_id": site_id,
+        "dataset": dataset,
+        "date": day,
+        "rows": rows,
+        "files": sorted(files, key=lambda f: f["name"]),
+        "inputs": inputs,
+        "schema_version": schema_version,
+        "exported_at": computed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return (json.dumps(receipt, indent=2, sort_keys=True) + "\n").encode()
+
+
+def verify_datasets(client, bucket: str, prefix: str = "", site: str | None = None,
+                    datasets: tuple[str, ...] | None = None) -> tuple[int, list[Problem]]:
+    """Every derived site-day under s3://bucket/prefix/analytics/ (optionally one site, some
+    datasets) against its receipt, as verify_hour checks an hour. Returns (site-days, problems)."""
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    days: dict[str, dict[str, int]] = defaultdict(dict)
+    for dataset in datasets or ("",):
+        search = f"{prefix}{ANALYTICS_DIR}{dataset + '/' if dataset else ''}"
+        if dataset and site:
+            search += f"site_id={site}/"
+        for key, size in _listing(client, bucket, search).items():
+            match = _DAY_KEY.match(key)
+            if not match or match["base"] != prefix or (site and match["site"] != site):
+                continue
+            days[key[: -len(match["name"])]][key] = size
+    problems: list[Problem] = []
+    for day_prefix, listed in sorted(days.items()):
+        problems += verify_hour(client, bucket, day_prefix, listed)
+    return len(days), problems

@@ -65,6 +65,10 @@ def test_pageview_clicks_scroll_and_spa_routes_arrive_as_one_beacon_batch_at_unl
     assert first[2] == "/shop" and first[4] == DESKTOP_UA and first[3]
     assert [r[2] for r in found if r[0] == "pageview"] == ["/shop", "/shop/cart", "/shop/checkout", "/shop"]
     assert all("s3cret" not in (r[1] or "") and "s3cret" not in json.dumps(r[6]) for r in found)
+    landing = next(r[6] for r in found if r[0] == "pageview")  # what the analytics' sessions read
+    assert landing["language"] and "/" in landing["timezone"] or landing["timezone"] == "UTC"
+    assert landing["screenWidth"] > 0 and landing["viewportWidth"] > 0 and landing["viewportHeight"] > 0
+    assert "language" not in next(r[6] for r in found if r[0] == "scroll")  # pageviews only
     click = next(r[6] for r in found if r[0] == "click")
     assert click["trackId"] == "buy" and "text" not in click  # no element text without data-track-text
     assert sorted(r[6]["depth"] for r in found if r[0] == "scroll") == [25, 50, 75, 100]
