@@ -43,6 +43,7 @@ from ingest_service.events import (
     client_ip,
     decode_body,
     event_row,
+    inflation_cap,
     parse_events,
 )
 from ingest_service.metrics import CollectorMetrics
@@ -708,7 +709,12 @@ class Collector:
     async def body_refused(self, intake: Intake, error: BodyRejected) -> Outcome:
         """A refused body: what the refusal cost us (reading, inflating) counts against the
         address first, then one dead-letter row and the 4xx."""
-        inflated = self.limits.max_body_bytes if error.code == "body_too_large" else len(intake.body)
+        if error.code == "body_too_large":
+            inflated = self.limits.max_body_bytes
+        elif error.code.endswith("_ratio"):  # inflated up to its ratio cap before it was refused
+            inflated = inflation_cap(len(intake.body), self.limits)
+        else:
+            inflated = len(intake.body)
         return self.ip_limited(intake.context, inflated // BODY_BYTES_PER_TOKEN) \
             or await self.reject_body(intake, error.status, error.code, error.detail)
 

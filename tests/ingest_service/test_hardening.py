@@ -349,3 +349,20 @@ def test_one_request_cannot_buy_more_than_a_few_crawler_list_checks(database_url
     assert answer.json()["accepted"] == 40 - NEW_AGENTS_PER_REQUEST
     assert f"pixelpipe_bot_events_total {NEW_AGENTS_PER_REQUEST}\n" in metrics
     assert f"pixelpipe_bot_checks_skipped_total {40 - NEW_AGENTS_PER_REQUEST}\n" in metrics
+
+
+def test_a_body_refused_for_its_gzip_ratio_is_charged_what_inflating_it_cost(database_url):
+    """A gzip body refused past 400x inflation was inflated up to that cap first: it counts that
+    against the address, so the next request of a flood is refused before its body (it counted
+    only its compressed size: 2,188 SDK-flood refusals in 15 s in bench/abuse.py, all 413)."""
+    import gzip
+
+    bomb = gzip.compress(b'{"batch": [{"type": "track", "event": "e", "userId": "u", "pad": "' + b"p" * 2_000_000 + b'"}]}')
+    app = create_app(replace(Settings(), rate_limit_per_ip=20), database_url)
+    with TestClient(app, client=("203.0.113.9", 5000)) as collector:
+        headers = {"content-type": "application/json", "content-encoding": "gzip"}
+        answers = [collector.post("/v1/batch", content=bomb, headers=headers) for _ in range(3)]
+    # Inflating it cost more than the address's whole second: refused (the refusal's detail
+    # names the limit), and so is what follows, before its body is inflated again.
+    assert [answer.status_code for answer in answers] == [429, 429, 429]
+    assert "203.0.113.9" in answers[0].json()["detail"]
