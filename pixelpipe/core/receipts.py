@@ -86,6 +86,8 @@ def _listing(client, bucket: str, prefix: str) -> dict[str, int]:
 OTHER_OBJECTS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^(?:(?!site_id=)[^/]+/)*billing/month=\d{4}-\d{2}/statement\.(?:json|csv|parquet)$"),
      "billing statement (checked with --billing)"),
+    (re.compile(r"^(?:(?!site_id=)[^/]+/)*analytics/[a-z_]+/site_id=[^/]+/date=\d{4}-\d{2}-\d{2}/[^/]+$"),
+     "a derived dataset's day (checked by verify_datasets, --dataset)"),
 ]
 
 
@@ -93,10 +95,12 @@ def _int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def read_receipt(body: bytes, site: str, hour: datetime) -> tuple[dict, dict[str, dict], list[str]]:
+def read_receipt(body: bytes, site: str, period: tuple[str, str]) -> tuple[dict, dict[str, dict], list[str]]:
     """(receipt, its files by name, what is wrong with it): every field verify relies on is
     checked here, so a crafted receipt is a named problem, never a traceback. A malformed entry
-    is kept by name with no fields (so its file is not also called extra)."""
+    is kept by name with no fields (so its file is not also called extra). `period` is the field
+    naming what the folder holds and its value: ("hour", "2026-10-01T13:00:00Z") for an exported
+    hour, ("date", "2026-10-01") for a derived day."""
     try:
         receipt = json.loads(body)
     except ValueError as error:
@@ -108,8 +112,9 @@ def read_receipt(body: bytes, site: str, hour: datetime) -> tuple[dict, dict[str
         problems.append("receipt has no row count ('rows')")
     if receipt.get("site_id") != site:
         problems.append(f"receipt is for site {receipt.get('site_id')!r}, its folder for {site!r}")
-    if receipt.get("hour") != hour.strftime("%Y-%m-%dT%H:00:00Z"):
-        problems.append(f"receipt is for hour {receipt.get('hour')!r}, its folder for {hour:%Y-%m-%dT%H}:00:00Z")
+    field, value = period
+    if receipt.get(field) != value:
+        problems.append(f"receipt is for {field} {receipt.get(field)!r}, its folder for {value}")
     files = receipt.get("files")
     if not isinstance(files, list):
         return receipt, {}, [*problems, "receipt has no file list ('files')"]
@@ -151,12 +156,18 @@ def check_file(client, bucket: str, key: str, size: int, claim: dict) -> tuple[i
 def verify_hour(client, bucket: str, hour_prefix: str, listed: dict[str, int], site: str,
                 hour: datetime) -> list[Problem]:
     """Check one site-hour's objects (`listed`: key -> size) against its receipt."""
+    return _verify_folder(client, bucket, hour_prefix, listed, site, ("hour", hour.strftime("%Y-%m-%dT%H:00:00Z")))
+
+
+def _verify_folder(client, bucket: str, hour_prefix: str, listed: dict[str, int], site: str,
+                   period: tuple[str, str]) -> list[Problem]:
+    """One receipted folder (an exported site-hour or a derived site-day) against its receipt."""
     where = f"s3://{bucket}/{hour_prefix}"
     receipt_key = hour_prefix + RECEIPT_NAME
     if receipt_key not in listed:
         return [Problem(where, "no receipt: the hour is incomplete or was never exported")]
     receipt, claimed, malformed = read_receipt(
-        client.get_object(Bucket=bucket, Key=receipt_key)["Body"].read(), site, hour)
+        client.get_object(Bucket=bucket, Key=receipt_key)["Body"].read(), site, period)
     problems = [Problem(where + RECEIPT_NAME, what) for what in malformed]
     present = {key[len(hour_prefix):]: size for key, size in listed.items() if key != receipt_key}
     for name in sorted(set(claimed) - set(present)):
@@ -251,6 +262,7 @@ def verify_datasets(client, bucket: str, prefix: str = "", site: str | None = No
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     days: dict[str, dict[str, int]] = defaultdict(dict)
+    periods: dict[str, tuple[str, str]] = {}
     for dataset in datasets or ("",):
         search = f"{prefix}{ANALYTICS_DIR}{dataset + '/' if dataset else ''}"
         if dataset and site:
@@ -260,7 +272,9 @@ def verify_datasets(client, bucket: str, prefix: str = "", site: str | None = No
             if not match or match["base"] != prefix or (site and match["site"] != site):
                 continue
             days[key[: -len(match["name"])]][key] = size
+            periods[key[: -len(match["name"])]] = (match["site"], match["date"])
     problems: list[Problem] = []
     for day_prefix, listed in sorted(days.items()):
-        problems += verify_hour(client, bucket, day_prefix, listed)
+        day_site, day = periods[day_prefix]
+        problems += _verify_folder(client, bucket, day_prefix, listed, day_site, ("date", day))
     return len(days), problems
