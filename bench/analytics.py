@@ -68,7 +68,7 @@ def seed(database_url: str, rows: int, sites: int) -> None:
 def export_day(database_url: str, endpoint: str) -> None:
     import psycopg
 
-    from pipeline.assets.export import export_hour
+    from pipeline.defs.export.assets import export_hour
     from pipeline.resources import PipelineSettings
 
     settings = PipelineSettings(client_bucket=BUCKET, backup_bucket=BUCKET + "-backup")

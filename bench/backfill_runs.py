@@ -67,9 +67,9 @@ def in_run_seconds(resources: dict, first: datetime, last: datetime) -> float:
     """Seconds of one in-process run over first..last, checks included."""
     import dagster as dg
 
-    from pipeline.assets.events_log import events_log
-    from pipeline.assets.export import hourly_export
-    from pipeline.assets.export_checks import hourly_export_checks
+    from pipeline.defs.export.assets import hourly_export
+    from pipeline.defs.export.checks import hourly_export_checks
+    from pipeline.defs.export.events_log import events_log
 
     started = time.perf_counter()
     result = dg.materialize(

@@ -33,10 +33,10 @@ import psycopg  # noqa: E402
 from bench.abuse import _valid_traffic, cpu_seconds, postgres_processes, tree  # noqa: E402
 from bench.ingest import serve  # noqa: E402
 from bench.servers import bench_s3_client  # noqa: E402
-from pipeline.assets.export import export_hour  # noqa: E402
-from pipeline.assets.export_checks import reconcile, verify_tenants  # noqa: E402
-from pipeline.assets.retention import apply_retention  # noqa: E402
+from pipeline.defs.export.assets import export_hour  # noqa: E402
+from pipeline.defs.retention.assets import apply_retention  # noqa: E402
 from pipeline.resources import PipelineSettings  # noqa: E402
+from pipeline.verification import reconcile, verify_tenants  # noqa: E402
 from pixelpipe.core.events_log import ensure_partitions
 from pixelpipe.core.migrations import apply_migrations  # noqa: E402
 from pixelpipe.core.s3 import ensure_buckets  # noqa: E402

@@ -87,7 +87,7 @@ def run_baseline(database_url: str, endpoint: str, bucket: str) -> dict:
 def run_pixelpipe(database_url: str, endpoint: str, bucket: str) -> dict:
     import psycopg
 
-    from pipeline.assets.export import export_hour
+    from pipeline.defs.export.assets import export_hour
     from pipeline.resources import PipelineSettings
 
     settings = PipelineSettings(client_bucket=bucket, backup_bucket=bucket + "-backup")
@@ -104,7 +104,7 @@ def child(mode: str, database_url: str, endpoint: str, bucket: str) -> None:
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    import pipeline.assets.export  # noqa: F401
+    import pipeline.defs.export.assets  # noqa: F401
 
     started = time.perf_counter()
     result = MODES[mode](database_url, endpoint, bucket)

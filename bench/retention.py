@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 
 from bench.servers import benchmark_servers  # noqa: E402
-from pipeline.assets.retention import apply_retention  # noqa: E402
+from pipeline.defs.retention.assets import apply_retention  # noqa: E402
 from pixelpipe.core.events_log import ensure_partitions  # noqa: E402
 
 SEED_TABLE = """

@@ -1,10 +1,4 @@
-"""Dagster code: knows nothing of HTTP. The code location is pipeline.definitions."""
-
-import warnings
-
-import dagster as dg
-
-# Partitioned asset checks and backfill policies are chosen knowingly (docs/architecture.md);
-# their beta/preview warnings would otherwise repeat on every load of the code location.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, module=r"(pipeline|dagster)\b")
-warnings.filterwarnings("ignore", category=dg.PreviewWarning, module=r"(pipeline|dagster)\b")
+"""The pipeline: plain code (the bucket's layout, the export ledger, verification, statements,
+erasure, the analytics) beside its Dagster wiring in pipeline/defs/, loaded by
+pipeline.definitions (the code location). Knows nothing of HTTP. Importing a plain module loads
+no Dagster (an import-linter contract in pyproject.toml)."""

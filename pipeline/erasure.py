@@ -17,18 +17,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from dagster_aws.s3 import S3Resource
-from pydantic import Field
 
 from ingest_service.dead_letters import names_visitor
-from pipeline.assets.billing import reissue_client_statements
-from pipeline.assets.export_checks import reconcile, verify_receipts, verify_tenants
 from pipeline.derived import rebuild_after_rewrite
 from pipeline.export_files import object_key, rewrite_site_files
+from pipeline.export_settings import ExportSettings
 from pipeline.ledger import (
     SiteExport,
     erased_events,
@@ -38,7 +34,8 @@ from pipeline.ledger import (
 )
 from pipeline.object_store import delete_keys
 from pipeline.publish import upload_both, write_receipt
-from pipeline.resources import PipelineSettings, PostgresResource
+from pipeline.statements import reissue_client_statements
+from pipeline.verification import reconcile, verify_receipts, verify_tenants
 from pixelpipe.core.errors import PixelpipeError
 from pixelpipe.core.sites import write_key_hash
 
@@ -121,7 +118,7 @@ def _rewrite(sources: list[Path], exported: SiteExport, hour: datetime, visitor:
     return rewritten, paths
 
 
-def _erase_hour(conn, client, settings: PipelineSettings, erasure_id: int, site: str, visitor: str,
+def _erase_hour(conn, client, settings: ExportSettings, erasure_id: int, site: str, visitor: str,
                 hour: datetime, spool: Path) -> bool:
     """One hour, under its lock; counts go to erasure_hours. True when its files were rewritten."""
     exported = exported_site_hour(conn, hour, site)
@@ -156,7 +153,7 @@ def _erase_hour(conn, client, settings: PipelineSettings, erasure_id: int, site:
     return True
 
 
-def _check_hour(conn, client, settings: PipelineSettings, hour: datetime) -> list[str]:
+def _check_hour(conn, client, settings: ExportSettings, hour: datetime) -> list[str]:
     """The export's own checks on a rewritten hour; they mark it verified again when they pass."""
     _, mismatches = reconcile(conn, client, [hour])
     _, offenders = verify_tenants(conn, client, [hour], settings.client_bucket)
@@ -195,7 +192,7 @@ def _erase_dead_letters(conn, site: str, visitor: str) -> int:
     return conn.execute("DELETE FROM events_rejected WHERE id = ANY(%s)", (doomed,)).rowcount
 
 
-def erase_visitor(conn, client, settings: PipelineSettings, site: str, visitor: str, reason: str) -> Erasure:
+def erase_visitor(conn, client, settings: ExportSettings, site: str, visitor: str, reason: str) -> Erasure:
     """Erase `visitor` of `site` everywhere we keep it; `conn` must be in autocommit mode.
     Raises PixelpipeError when a rewritten hour fails its checks (run the same request again)."""
     # The visitor exactly as given: "alice " is not "alice" (ids are compared as stored).
@@ -223,8 +220,8 @@ def erase_visitor(conn, client, settings: PipelineSettings, site: str, visitor: 
     months = {hour.replace(day=1, hour=0) for hour in erasure.hours_rewritten}
     try:
         erasure.statements_reissued = reissue_client_statements(conn, client, settings.client_bucket, months)
-    except dg.Failure as error:
-        raise PixelpipeError(f"erasure {erasure.erasure_id}: {error.description}") from None
+    except PixelpipeError as error:
+        raise PixelpipeError(f"erasure {erasure.erasure_id}: {error}") from None
     try:  # whatever is derived from the rewritten files (registered in pipeline/derived.py)
         erasure.derived = rebuild_after_rewrite(conn, client, settings, site, erasure.hours_rewritten)
     except Exception as error:  # noqa: BLE001 - named, with what to do
@@ -253,7 +250,7 @@ def store_request(conn, site: str, visitor: str, reason: str) -> int:
                         "RETURNING id", (site.strip(), visitor, reason.strip())).fetchone()[0]
 
 
-def erase_request(conn, client, settings: PipelineSettings, request_id: int) -> Erasure:
+def erase_request(conn, client, settings: ExportSettings, request_id: int) -> Erasure:
     """Run a stored request, then delete it: from then on only the ledger's SHA-256 remains."""
     row = conn.execute("SELECT site_id, visitor_id, reason FROM erasure_requests WHERE id = %s",
                        (request_id,)).fetchone()
@@ -265,34 +262,3 @@ def erase_request(conn, client, settings: PipelineSettings, request_id: int) -> 
     erasure = erase_visitor(conn, client, settings, *row)
     conn.execute("DELETE FROM erasure_requests WHERE id = %s", (request_id,))
     return erasure
-
-
-class ErasureRequest(dg.Config):
-    """A reference to a stored request, never the visitor id itself: Dagster keeps run config."""
-
-    request_id: int = Field(description="the id of a pending request in erasure_requests, as "
-                            "`pixelpipe erase --in-dagster` prints it")
-
-
-@dg.op(name="erase_visitor", description="Remove one visitor of one site from events_log, the dead "
-       "letter and every exported hour's files and receipts in both buckets; recorded in `erasures`. "
-       "The visitor comes from a stored request (erasure_requests), deleted when done.")
-def erase_visitor_op(context: dg.OpExecutionContext, config: ErasureRequest, postgres: PostgresResource,
-                     s3: S3Resource, settings: PipelineSettings) -> dg.Output[int]:
-    with postgres.get_connection(autocommit=True) as conn:
-        try:
-            erasure = erase_request(conn, s3.get_client(), settings, config.request_id)
-        except PixelpipeError as error:
-            raise dg.Failure(description=str(error)) from None
-    context.log.info(f"erasure {erasure.erasure_id}: {erasure.rows_in_database} rows from events_log, "
-                     f"{erasure.rows_in_files} from the files of {len(erasure.hours_rewritten)} hours")
-    return dg.Output(erasure.erasure_id, metadata={"erasure_id": erasure.erasure_id, "site": erasure.site,
-            "rows_in_database": erasure.rows_in_database, "rows_in_files": erasure.rows_in_files,
-            "dead_letters": erasure.dead_letters, "hours_rewritten": len(erasure.hours_rewritten),
-            "statements_reissued": erasure.statements_reissued})
-
-
-@dg.job(name="erase_visitor_job", description="Erase one visitor of one site: config `request_id`, a request "
-        "stored by `pixelpipe erase --site S --visitor V --reason R --in-dagster`.")
-def erase_visitor_job():
-    erase_visitor_op()

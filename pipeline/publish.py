@@ -17,6 +17,7 @@ from pipeline.export_files import (
     resent_row_ids,
     write_hour_files,
 )
+from pipeline.export_settings import ExportSettings
 from pipeline.ledger import (
     SiteExport,
     client_locations,
@@ -28,7 +29,6 @@ from pipeline.ledger import (
     site_destinations,
 )
 from pipeline.object_store import copy_object, delete_keys, list_keys, upload_file
-from pipeline.resources import PipelineSettings
 from pixelpipe.core.receipts import RECEIPT_NAME, HourSummary, receipt_bytes
 
 UPLOAD_THREADS = 4
@@ -45,7 +45,7 @@ def upload_both(client, path: Path, client_bucket: str, client_key: str, backup_
     path.unlink()
 
 
-def publish_hour(conn, database_url: str, client, settings: PipelineSettings, hour: datetime) -> list[SiteExport]:
+def publish_hour(conn, database_url: str, client, settings: ExportSettings, hour: datetime) -> list[SiteExport]:
     """Read the hour into per-site files and put each in both buckets; what was written, per site.
 
     Each place a site's files go is recorded (export_locations) before the first upload there.
@@ -100,7 +100,7 @@ def receipt_keys(site: SiteExport, hour: datetime) -> tuple[str, str]:
             hour_prefix(site.site_id, hour) + RECEIPT_NAME)
 
 
-def write_receipts(conn, client, settings: PipelineSettings, hour: datetime, exported: list[SiteExport]) -> None:
+def write_receipts(conn, client, settings: ExportSettings, hour: datetime, exported: list[SiteExport]) -> None:
     """Once every data file of the hour is in place: a receipt in both buckets for every site
     with rows in the hour, and a 0-row one for every other site known by then (an empty hour is
     proven empty, not just absent)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import dagster as dg
 import psycopg
 from dagster_aws.s3 import S3Resource
 
+from pipeline.export_settings import ROWS_PER_FILE, ExportSettings
 from pixelpipe.core.database import resolve_database_url
 from pixelpipe.core.errors import PixelpipeError
 from pixelpipe.core.s3 import configured_s3_client
@@ -46,14 +48,15 @@ class PostgresResource(dg.ConfigurableResource):
 
 
 class PipelineSettings(dg.ConfigurableResource):
-    """Where exports go and how long the database keeps them."""
+    """Where exports go and how long the database keeps them: ExportSettings's fields, as a
+    resource (the plain code takes either)."""
 
     client_bucket: str = _DEFAULTS.client_bucket
     backup_bucket: str = _DEFAULTS.backup_bucket
     export_grace_minutes: int = _DEFAULTS.export_grace_minutes
     retention_hours: int = _DEFAULTS.retention_hours
     rejected_retention_days: int = _DEFAULTS.rejected_retention_days
-    rows_per_file: int = 1_000_000
+    rows_per_file: int = ROWS_PER_FILE
     billing_rate_per_1000: str = str(_DEFAULTS.billing_rate_per_1000)
     alert_webhook_url: str = _DEFAULTS.alert_webhook_url
 
@@ -84,15 +87,7 @@ def resources_from_env() -> dict:
             aws_secret_access_key=_optional("AWS_SECRET_ACCESS_KEY"),
             region_name=settings.aws_region,
         ),
-        "settings": PipelineSettings(
-            client_bucket=settings.client_bucket,
-            backup_bucket=settings.backup_bucket,
-            export_grace_minutes=settings.export_grace_minutes,
-            retention_hours=settings.retention_hours,
-            rejected_retention_days=settings.rejected_retention_days,
-            billing_rate_per_1000=str(settings.billing_rate_per_1000),
-            alert_webhook_url=settings.alert_webhook_url,
-        ),
+        "settings": PipelineSettings(**dataclasses.asdict(ExportSettings.from_settings(settings))),
     }
 
 

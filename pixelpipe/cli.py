@@ -213,7 +213,7 @@ def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg
 
     from pipeline.erasure import erase_visitor, store_request
-    from pipeline.resources import resources_from_env
+    from pipeline.export_settings import ExportSettings
     from pixelpipe.core.migrations import apply_migrations
     from pixelpipe.core.s3 import configured_s3_client
 
@@ -230,7 +230,7 @@ def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         client = configured_s3_client(settings)
         _say("erase", f"using S3 at {client.meta.endpoint_url}")
-        erasure = erase_visitor(conn, client, resources_from_env()["settings"], args.site, args.visitor,
+        erasure = erase_visitor(conn, client, ExportSettings.from_settings(settings), args.site, args.visitor,
                                 args.reason)
     print(erasure.erasure_id)  # stdout: the ledger id alone, for scripts
     hours = len(erasure.hours_rewritten)

@@ -60,9 +60,9 @@ def seed_events(db: psycopg.Connection, hour: datetime, site: str, count: int,
 
 def materialize_export(resources, *, partition: str | None = None, start: str | None = None,
                        end: str | None = None, raise_on_error: bool = False):
-    from pipeline.assets.events_log import events_log
-    from pipeline.assets.export import hourly_export
-    from pipeline.assets.export_checks import hourly_export_checks
+    from pipeline.defs.export.assets import hourly_export
+    from pipeline.defs.export.checks import hourly_export_checks
+    from pipeline.defs.export.events_log import events_log
 
     tags = {}
     if start:

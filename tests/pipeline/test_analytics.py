@@ -103,8 +103,8 @@ def export(resources):
 
 
 def materialize_day(resources, day):
-    from pipeline.assets.analytics import daily_analytics
-    from pipeline.assets.export import hourly_export
+    from pipeline.defs.analytics.assets import daily_analytics
+    from pipeline.defs.export.assets import hourly_export
 
     return dg.materialize([hourly_export, daily_analytics], partition_key=f"{day:%Y-%m-%d}",
                           resources=resources, selection=[daily_analytics], raise_on_error=False)
@@ -306,9 +306,9 @@ def test_two_days_of_three_sites_compute_the_four_datasets(resources, db, s3, bu
 
 
 def test_a_day_runs_once_its_24_hours_are_exported_and_again_when_one_is_re_exported():
-    from pipeline.assets.analytics import daily_analytics
-    from pipeline.assets.events_log import events_log
-    from pipeline.assets.export import hourly_export
+    from pipeline.defs.analytics.assets import daily_analytics
+    from pipeline.defs.export.assets import hourly_export
+    from pipeline.defs.export.events_log import events_log
     from pipeline.resources import resources_from_env
 
     defs = dg.Definitions(assets=[events_log, hourly_export, daily_analytics], resources=resources_from_env())

@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import dagster as dg
 
-from pipeline.automation import run_failure_alert
 from pipeline.definitions import defs
+from pipeline.defs.alerts.sensors import run_failure_alert
 from pipeline.resources import PipelineSettings
 
 

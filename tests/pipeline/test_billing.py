@@ -9,14 +9,14 @@ import dagster as dg
 import orjson
 import pytest
 
-from pipeline.assets.billing import (
-    amount_for,
+from pipeline.defs.billing.assets import (
     billing_matches_manifest,
     monthly_billing,
     refuse_unfinished_month,
 )
-from pipeline.assets.retention import apply_retention
+from pipeline.defs.retention.assets import apply_retention
 from pixelpipe.core.events_log import ensure_partitions
+from pixelpipe.core.statements import amount_for
 from tests.pipeline.conftest import materialize_export, partition_key, verify
 
 SEP, OCT = datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC)

@@ -1,5 +1,5 @@
-"""Dagster's own commands in a fresh copy of the repository, beside a running local stack, with no
-DATABASE_URL, S3 endpoint, keys or DAGSTER_HOME set: they find the stack the way `pixelpipe up`
+"""Dagster's own commands (`dagster`, and `dg` of the [tool.dg] project) in a fresh copy of the
+repository, beside a running local stack, with no DATABASE_URL, S3 endpoint, keys or DAGSTER_HOME set: they find the stack the way `pixelpipe up`
 lays it out (PIXELPIPE_HOME and the ports), and say what to do when there is none."""
 
 import json
@@ -22,6 +22,7 @@ from tests.pipeline.conftest import closed_hour, partition_key, seed_events
 
 REPO = Path(__file__).resolve().parents[2]
 DAGSTER = Path(sys.executable).parent / "dagster"
+DG = Path(sys.executable).parent / "dg"
 pytestmark = pytest.mark.slow
 
 
@@ -42,10 +43,9 @@ def stack_env(home: Path, postgres_port: int, s3_port: int) -> dict:
             "PIXELPIPE_POSTGRES_PORT": str(postgres_port), "PIXELPIPE_S3_PORT": str(s3_port)}
 
 
-def test_dagster_dev_in_a_fresh_copy_serves_the_asset_graph(fresh_copy, state_dir, postgres_server, s3_server):
-    port = free_port()
-    process = subprocess.Popen([str(DAGSTER), "dev", "-p", str(port)], cwd=fresh_copy, start_new_session=True,
-                               env=stack_env(state_dir, postgres_server.port, s3_server.port),
+def served_asset_keys(command: list[str], cwd: Path, env: dict, port: int) -> set[tuple[str, ...]]:
+    """Start `command` (a webserver on `port`), wait until its GraphQL lists assets, stop it."""
+    process = subprocess.Popen(command, cwd=cwd, start_new_session=True, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     query = json.dumps({"query": "{ assetNodes { assetKey { path } } }"}).encode()
     try:
@@ -63,7 +63,8 @@ def test_dagster_dev_in_a_fresh_copy_serves_the_asset_graph(fresh_copy, state_di
                 pass
             if time.monotonic() > deadline:
                 os.killpg(process.pid, signal.SIGTERM)
-                pytest.fail("dagster dev did not serve the asset graph:\n" + process.communicate(timeout=30)[0][-5000:])
+                pytest.fail(f"{command[0]} did not serve the asset graph:\n"
+                            + process.communicate(timeout=30)[0][-5000:])
             time.sleep(0.5)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -71,8 +72,36 @@ def test_dagster_dev_in_a_fresh_copy_serves_the_asset_graph(fresh_copy, state_di
             process.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-    assert {tuple(n["assetKey"]["path"]) for n in nodes} >= {
-        ("events_log",), ("hourly_export",), ("retention_cleanup",), ("db_maintenance",), ("monthly_billing",)}
+    return {tuple(n["assetKey"]["path"]) for n in nodes}
+
+
+GRAPH = {("events_log",), ("hourly_export",), ("retention_cleanup",), ("db_maintenance",), ("monthly_billing",),
+         ("sessions",), ("pageviews",), ("daily_site_metrics",), ("page_performance",)}
+
+
+def test_dagster_dev_in_a_fresh_copy_serves_the_asset_graph(fresh_copy, state_dir, postgres_server, s3_server):
+    port = free_port()
+    assert served_asset_keys([str(DAGSTER), "dev", "-p", str(port)], fresh_copy,
+                             stack_env(state_dir, postgres_server.port, s3_server.port), port) >= GRAPH
+
+
+def dg_env(home: Path, postgres_port: int, s3_port: int) -> dict:
+    """`dg` runs the project's commands with the Python it finds first on PATH: this one."""
+    env = stack_env(home, postgres_port, s3_port)
+    return {**env, "PATH": f"{DG.parent}{os.pathsep}{env.get('PATH', '')}"}
+
+
+def test_dg_check_defs_passes_in_a_fresh_copy(fresh_copy, state_dir, postgres_server, s3_server):
+    result = subprocess.run([str(DG), "check", "defs"], cwd=fresh_copy, capture_output=True, text=True,
+                            env=dg_env(state_dir, postgres_server.port, s3_server.port), timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "All definitions loaded successfully." in result.stdout + result.stderr
+
+
+def test_dg_dev_in_a_fresh_copy_serves_the_asset_graph(fresh_copy, state_dir, postgres_server, s3_server):
+    port = free_port()
+    assert served_asset_keys([str(DG), "dev", "-p", str(port)], fresh_copy,
+                             dg_env(state_dir, postgres_server.port, s3_server.port), port) >= GRAPH
 
 
 def test_dagster_asset_materialize_exports_an_hour_from_the_local_stack(fresh_copy, state_dir, postgres_server,

@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.assets.retention import apply_retention
-from pipeline.erasure import erase_visitor_job, store_request
+from pipeline.defs.erasure.jobs import erase_visitor_job
+from pipeline.defs.retention.assets import apply_retention
+from pipeline.erasure import store_request
 from pixelpipe.core.events_log import ensure_partitions
 from tests.pipeline.conftest import materialize_export, partition_key, seed_events, verify
 from tests.pipeline.test_billing import _bill

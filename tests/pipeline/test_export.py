@@ -232,7 +232,7 @@ def test_a_site_split_into_several_files_keeps_every_row(resources, db, s3, buck
 
 
 def test_cross_tenant_object_fails_the_check_and_unverifies_the_hour(resources, db, s3, buckets):
-    from pipeline.assets.export_checks import verify_tenants
+    from pipeline.verification import verify_tenants
 
     hour = closed_hour(3)
     seed_events(db, hour, "beta", 5)
@@ -252,7 +252,7 @@ def test_cross_tenant_object_fails_the_check_and_unverifies_the_hour(resources, 
 
 def test_the_tenant_check_covers_the_prefix_an_hour_was_written_under_after_a_prefix_change(
         resources, db, s3, buckets):
-    from pipeline.assets.export_checks import verify_tenants
+    from pipeline.verification import verify_tenants
 
     hour = closed_hour(3)
     db.execute("INSERT INTO sites (site_id, client_prefix) VALUES ('beta', 'old/')")
@@ -286,7 +286,7 @@ def test_a_reexport_unverifies_the_hour_before_touching_any_object(resources, db
 
 
 def test_reconciliation_fails_when_an_object_lost_rows(resources, db, s3, buckets):
-    from pipeline.assets.export_checks import reconcile
+    from pipeline.verification import reconcile
 
     hour = closed_hour(3)
     seed_events(db, hour, "beta", 8)

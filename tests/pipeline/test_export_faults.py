@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from pipeline.assets.retention import apply_retention
+from pipeline.defs.retention.assets import apply_retention
 from tests.pipeline.conftest import (
     closed_hour,
     materialize_export,
@@ -153,9 +153,9 @@ RUN_EXPORT = """
 import sys
 import dagster as dg
 from dagster_aws.s3 import S3Resource
-from pipeline.assets.events_log import events_log
-from pipeline.assets.export import hourly_export
-from pipeline.assets.export_checks import hourly_export_checks
+from pipeline.defs.export.events_log import events_log
+from pipeline.defs.export.assets import hourly_export
+from pipeline.defs.export.checks import hourly_export_checks
 from pipeline.resources import PipelineSettings, PostgresResource
 url, endpoint, key, secret, client, backup, partition, rows_per_file = sys.argv[1:]
 dg.materialize([events_log, hourly_export, hourly_export_checks], partition_key=partition,

@@ -46,9 +46,9 @@ CHECK_STATUSES = """
 
 
 def run_range(instance, resources, first, last, selection):
-    from pipeline.assets.events_log import events_log
-    from pipeline.assets.export import hourly_export
-    from pipeline.assets.export_checks import hourly_export_checks
+    from pipeline.defs.export.assets import hourly_export
+    from pipeline.defs.export.checks import hourly_export_checks
+    from pipeline.defs.export.events_log import events_log
 
     return dg.materialize(
         [events_log, hourly_export, hourly_export_checks], instance=instance, resources=resources,

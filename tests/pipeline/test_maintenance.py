@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from pipeline.assets.maintenance import db_maintenance
+from pipeline.defs.maintenance.assets import db_maintenance
 from tests.pipeline.conftest import seed_events
 
 

@@ -114,7 +114,7 @@ def test_pixelpipe_verify_passes_then_names_each_problem(resources, db, s3, s3_s
     # And the backup bucket, untouched, passes.
     assert verify(s3_server, f"s3://{buckets['backup']}").returncode == 0
     # The Dagster check runs the same code over the hour's sites, in both buckets.
-    from pipeline.assets.export_checks import verify_receipts
+    from pipeline.verification import verify_receipts
 
     checked, problems = verify_receipts(db, s3, [hours[0]], buckets["backup"])
     assert checked == 4 and sorted(p.split(": ")[0] for p in problems) == sorted(

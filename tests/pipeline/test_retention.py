@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.assets.export import seal_hour
-from pipeline.assets.retention import apply_retention, retention_cleanup
+from pipeline.defs.export.assets import seal_hour
+from pipeline.defs.retention.assets import apply_retention, retention_cleanup
 from pixelpipe.core.events_log import ensure_partitions
 from tests.conftest import new_database
 from tests.pipeline.conftest import closed_hour, materialize_export, partition_key, seed_events
@@ -191,7 +191,7 @@ def test_an_open_reader_of_events_log_neither_stalls_inserts_nor_fails_retention
     import threading
     import time
 
-    from pipeline.assets.export import seal_hour
+    from pipeline.defs.export.assets import seal_hour
 
     old = [closed_hour(40), closed_hour(39), closed_hour(38)]
     ensure_partitions(db, now=datetime.now(UTC), hours_back=41, hours_ahead=1)

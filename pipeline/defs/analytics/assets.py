@@ -9,7 +9,7 @@ from dagster_aws.s3 import S3Resource
 
 from pipeline.analytics.bucket import compute_day, read_receipts
 from pipeline.analytics.daily import DATASETS, MEMORY_LIMIT, SiteDay
-from pipeline.assets.export import hourly_export
+from pipeline.defs.export.assets import hourly_export
 from pipeline.ledger import site_destinations
 from pipeline.partitions import daily_partitions
 from pipeline.resources import PipelineSettings, PostgresResource

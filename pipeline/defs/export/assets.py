@@ -17,7 +17,7 @@ import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.s3 import S3Resource
 
-from pipeline.assets.events_log import events_log
+from pipeline.defs.export.events_log import events_log
 from pipeline.ledger import SiteExport, hour_lock, hour_state, record_export, unverify_hour
 from pipeline.partitions import (
     hourly_backfill_policy,

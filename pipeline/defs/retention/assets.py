@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pipeline.assets.export import hourly_export
+from pipeline.defs.export.assets import hourly_export
 from pipeline.resources import PipelineSettings, PostgresResource
 from pixelpipe.core.events_log import (
     PartitionBusy,

@@ -1,1 +1,0 @@
-"""The pipeline's assets, one module per concern, each with its checks."""

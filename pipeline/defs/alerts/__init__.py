@@ -1,0 +1,1 @@
+"""Who hears about a failed run, whatever its domain."""

@@ -1,0 +1,1 @@
+"""The daily analytics' assets, around the plain code of pipeline/analytics/."""

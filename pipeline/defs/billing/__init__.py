@@ -1,0 +1,1 @@
+"""Monthly billing: the statement from the receipts, its check, the job and its schedule."""

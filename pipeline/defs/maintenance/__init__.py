@@ -1,0 +1,1 @@
+"""Database upkeep: partitions, bloated indexes, health figures, daily."""

@@ -1,0 +1,1 @@
+"""Retention: dropping verified hours from PostgreSQL, hourly."""
