@@ -43,6 +43,9 @@ STAGES = [
 ]
 
 
+TOP = 0
+
+
 def stage_of(stack: str) -> str:
     frames = stack.split(";")
     for frame in reversed(frames):  # innermost first
@@ -53,16 +56,22 @@ def stage_of(stack: str) -> str:
 
 
 def profile(pid: int, seconds: int, url: str, connections: int, script: str | None, out: Path) -> Counter:
-    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
+    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
                             "--format", "raw", "--output", str(out), "--nonblocking"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", *(["-s", script] if script else []), url]
     result = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    spy.wait(60)
+    if spy.wait(60) != 0:
+        raise RuntimeError(spy.stderr.read().decode())
     stages: Counter = Counter()
+    leaves: Counter = Counter()
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         stages[stage_of(stack)] += int(count)
+        leaves[stack.split(";")[-1]] += int(count)
+    if TOP:
+        for leaf, count in leaves.most_common(TOP):
+            print(f"    {count:6d} {leaf}")
     requests = int(result.split(" requests in")[0].split()[-1])
     stages["_requests"] = requests
     return stages
@@ -72,7 +81,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--top", type=int, default=0, help="also print the N busiest functions")
     args = parser.parse_args()
+    global TOP
+    TOP = args.top
     with benchmark_servers() as servers, tempfile.TemporaryDirectory() as folder:
         url = servers["database_url"]
         with psycopg.connect(url, autocommit=True) as conn:
