@@ -100,7 +100,9 @@ def route_paths(route) -> dict:
     if route.key.where in ("query", "header") and route.key.name.lower() != "authorization":
         parameters.append({"name": route.key.name, "in": route.key.where, "required": False,
                            "schema": {"type": "string"}})
-    return {path: write_operation(route.summary, route.request_schema, route.key.required, parameters)
+    # A 401 wherever a key can be refused: a required one, or one presented outside the body.
+    keyed = route.key.required or route.key.outside_body
+    return {path: write_operation(route.summary, route.request_schema, keyed, parameters)
             for path in route.paths}
 
 
