@@ -16,7 +16,7 @@ def app_from_env():
 
     extra_routes = []
     if os.environ.get("PIXELPIPE_DEMO_PAGE"):  # set by `pixelpipe up --demo`
-        from ingest_service.demo_page import demo_routes
+        from ingest_service.http.demo import demo_routes
 
         extra_routes = demo_routes(os.environ["DATABASE_URL"])
     app = create_app(Settings.from_env(), os.environ["DATABASE_URL"], extra_routes)

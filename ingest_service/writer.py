@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -28,15 +29,29 @@ from pixelpipe.core.events_log import COPY_EVENTS, copy_statement
 from pixelpipe.core.settings import Settings
 
 _DEFAULTS = Settings()
-REJECT_COLUMNS = ("reason", "endpoint", "content_type", "client_ip", "body_size", "raw_body",
-                  "body_sha256")
+
+
+class DeadLetter(NamedTuple):
+    """One events_rejected row, in its column order: the intake core builds it, COPY writes it
+    as it is (a tuple, built cheaply)."""
+
+    reason: str
+    endpoint: str | None = None
+    content_type: str | None = None
+    client_ip: str | None = None
+    body_size: int | None = None
+    raw_body: bytes | None = None  # capped, write keys removed
+    body_sha256: str | None = None  # of the whole body as received
+
+
+REJECT_COLUMNS = DeadLetter._fields
 
 
 _COPY_REJECTS = copy_statement("events_rejected", REJECT_COLUMNS)
 _CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
 # A refused row is dead-lettered by the request that sent it: (event index, database error) ->
 # a row for events_rejected.
-Refuse = Callable[[int, str], tuple]
+Refuse = Callable[[int, str], DeadLetter]
 
 
 def refusal_text(error: Exception) -> str:
@@ -55,7 +70,7 @@ class Unavailable(Exception):
 @dataclass
 class _Pending:
     events: list[tuple]
-    rejects: list[tuple]
+    rejects: list[DeadLetter]
     done: asyncio.Future = field(default=None)
     refuse: Refuse | None = None
 
@@ -96,7 +111,7 @@ class EventWriter:
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._flusher()) for _ in range(self.flushers)]
 
-    async def write(self, events: list[tuple], rejects: list[tuple],
+    async def write(self, events: list[tuple], rejects: list[DeadLetter],
                     refuse: Refuse | None = None) -> list[int]:
         """Return once these rows are committed; raise Overloaded or Unavailable otherwise.
 
@@ -163,7 +178,7 @@ class EventWriter:
             for row in rows:
                 await copy.write_row(row)
 
-    async def _copy(self, conn, events: list[tuple], rejects: list[tuple]) -> None:
+    async def _copy(self, conn, events: list[tuple], rejects: list[DeadLetter]) -> None:
         if events:
             await self._copy_rows(conn, COPY_EVENTS, events)
         if rejects:
@@ -196,13 +211,13 @@ class EventWriter:
                 rejects = list(item.rejects)
                 for index, reason in bad:
                     rejects.append(item.refuse(index, reason) if item.refuse else
-                                   (f"database_refused: {reason}", None, None, None, None, None, None))
+                                   DeadLetter(f"database_refused: {reason}"))
                 for index, reason in await self._refused_rows(conn, _COPY_REJECTS, rejects):
                     # Even the dead-letter row was refused: keep the fact and the reason.
                     row = rejects[index]
-                    await self._copy_rows(conn, _COPY_REJECTS, [(
-                        f"database_refused_dead_letter: {reason}", row[1], None, None, row[4], None,
-                        row[6])])
+                    await self._copy_rows(conn, _COPY_REJECTS, [DeadLetter(
+                        f"database_refused_dead_letter: {reason}", row.endpoint, body_size=row.body_size,
+                        body_sha256=row.body_sha256)])
         return refused
 
     async def _flush(self, conn, batch: list[_Pending]):

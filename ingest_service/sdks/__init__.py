@@ -21,6 +21,7 @@ class SdkBatch:
     events: list
     write_key: str | None = None
     payload_bytes: int = 0
+    envelope: dict | None = None  # defaults for every event (/collect's batch envelope)
 
 
 def checked_batch(events: list, limits: Limits, write_key, payload_bytes: int) -> SdkBatch:

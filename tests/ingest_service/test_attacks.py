@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from ingest_service.admission import SITES_REFRESH_SECONDS, UNKNOWN_KEY_REFRESH_SECONDS
+from ingest_service.app import WRITE_ROUTES as ROUTE_TABLE
 from pixelpipe.core import sites
 from tests.ingest_service.conftest import make_client
 
@@ -204,6 +205,48 @@ def test_every_write_route_refuses_before_reading_the_body(collector_process, db
         assert answer.startswith(b"HTTP/1.1 401 ") and b"invalid_write_key" in answer, (path, answer)
     assert [r.split(":")[0] for r in reasons(db)] == ["invalid_write_key"] * 3
     assert db.execute("SELECT DISTINCT body_size FROM events_rejected").fetchall() == [(1000000,)]
+
+
+def route_paths(route) -> list[str]:
+    """The concrete paths of a write route row ({call} filled with each call it takes)."""
+    return [path.replace("{call}", call) for path in route.paths for call in (route.calls or ("",))
+            if "{call}" in path or call == ""]
+
+
+def wrong_key_request(route, path: str, wrong: str) -> tuple[str, list[str]]:
+    """The request target and headers that present `wrong` where the row says its key goes."""
+    rule = route.key
+    if rule.where == "query":
+        return f"{path}?{rule.name}={wrong}", []
+    if rule.scheme == "Basic":
+        return path, [f"{rule.name}: Basic {base64.b64encode(f'{wrong}:'.encode()).decode()}"]
+    return path, [f"{rule.name}: {rule.scheme + ' ' if rule.scheme else ''}{wrong}"]
+
+
+def test_every_route_in_the_table_refuses_a_debtor_and_a_wrong_key_having_read_no_body_byte(collector_process, db):
+    """issue 22: every write route, read from the table the app routes by (a new row is covered
+    without touching this test), answers with its body unread: none of its 1 MB was sent when the
+    answer came, so the bytes of body read from the socket were 0."""
+    assert len(ROUTE_TABLE) >= 6
+    paths = [(route, path) for route in ROUTE_TABLE for path in route_paths(route)]
+    limited = collector_process(env={"PIXELPIPE_RATE_LIMIT_PER_IP": "1"})
+    httpx.post(f"{limited.url}/collect", json=[{"eventType": "x", "siteId": "s"}] * 20)  # into debt
+    for _, path in paths:
+        answer = answer_to_headers_alone(limited.port, path)
+        assert answer.startswith(b"HTTP/1.1 429 "), (path, answer)
+
+    keyed = collector_process()
+    wrong = "ppk_" + "x" * 43
+    outside = [(route, path) for route, path in paths if route.key.outside_body]
+    assert {route.key.where for route in ROUTE_TABLE if not route.key.outside_body} <= {"body"}
+    for route, path in outside:
+        target, headers = wrong_key_request(route, path, wrong)
+        answer = answer_to_headers_alone(keyed.port, target, *headers)
+        assert answer.startswith(b"HTTP/1.1 401 ") and b"invalid_write_key" in answer, (target, answer)
+    assert len(outside) >= 9  # /collect, Segment's 7 calls, Snowplow, the beacon, Jitsu's 12
+    stored = db.execute("SELECT reason, endpoint, body_size FROM events_rejected").fetchall()
+    assert sorted(endpoint for _, endpoint, _ in stored) == sorted(path for _, path in outside)
+    assert {(reason.split(":")[0], size) for reason, _, size in stored} == {("invalid_write_key", 1000000)}
 
 
 # --- 7. reload storms ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from ingest_service.openapi import OPENAPI
+from ingest_service.app import OPENAPI
 from pixelpipe.core import sites
 from tests.conftest import new_database
 from tests.ingest_service.conftest import make_client

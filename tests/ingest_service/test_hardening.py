@@ -20,8 +20,9 @@ import psycopg
 import pytest
 from starlette.testclient import TestClient
 
-from ingest_service.app import STORE_BUDGET_FIXED, STORE_BUDGET_PER_ROW, create_app
+from ingest_service.app import create_app
 from ingest_service.events import USER_AGENT_MAX
+from ingest_service.intake import STORE_BUDGET_FIXED, STORE_BUDGET_PER_ROW
 from ingest_service.metrics import CollectorMetrics
 from ingest_service.writer import EventWriter
 from pixelpipe.core.settings import Settings

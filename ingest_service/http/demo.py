@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 
-PAGE = Path(__file__).resolve().parent / "static" / "demo.html"
+PAGE = Path(__file__).resolve().parent.parent / "static" / "demo.html"
 # A page open for longer counts the last day: the query stays within a day of partitions.
 LONGEST = timedelta(days=1)
 
