@@ -47,8 +47,10 @@ def test_1000_concurrent_requests_with_100000_events_are_stored_exactly_once(col
 
 
 def test_a_full_queue_answers_503_and_stores_none_of_the_refused_requests(collector_process, db):
-    collector = collector_process(env={"PIXELPIPE_QUEUE_MAX_ROWS": "1000",
-                                       "PIXELPIPE_FLUSH_INTERVAL_MS": "50"})
+    # 20,000 rows against a queue of 300 drained once a second: full whatever the machine's load
+    # (with 1,000 drained every 50 ms, a client slowed by a busy machine never filled it).
+    collector = collector_process(env={"PIXELPIPE_QUEUE_MAX_ROWS": "300",
+                                       "PIXELPIPE_FLUSH_INTERVAL_MS": "1000"})
     results = asyncio.run(_post_batches(collector.url, 200, 100, concurrency=200))
     statuses = [status for _, status in results]
     assert 503 in statuses and 200 in statuses
