@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import bench_s3_client, benchmark_servers, peak_rss_mb  # noqa: E402
+from bench.servers import bench_s3_client, benchmark_servers, measure_in_child, peak_rss_mb  # noqa: E402
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
 BUCKET = "bench-analytics"
@@ -238,16 +237,7 @@ def child(mode: str, database_url: str, endpoint: str) -> None:
 
 
 def measure(mode: str, servers: dict) -> dict:
-    output = subprocess.run([sys.executable, __file__, "--child", mode, servers["database_url"],
-                             servers["s3_endpoint"]], capture_output=True, text=True)
-    if output.returncode:
-        sys.exit(f"{mode} failed:\n{output.stderr[-3000:]}")
-    if os.environ.get("BENCH_PROFILE"):
-        print(output.stderr[-12000:])
-    output = output.stdout
-    result = json.loads(output.strip().splitlines()[-1])
-    result["rows_per_s"] = result["rows"] / result["seconds"]
-    return result
+    return measure_in_child(__file__, mode, servers["database_url"], servers["s3_endpoint"])
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import bench_s3_client, benchmark_servers, peak_rss_mb  # noqa: E402
+from bench.servers import bench_s3_client, benchmark_servers, measure_in_child, peak_rss_mb  # noqa: E402
 
 HOUR = datetime(2026, 11, 20, 10, tzinfo=UTC)
 SELECT = """SELECT id, event_id::text AS event_id, event_type, session_id, visitor_id, site_id,
@@ -114,12 +113,7 @@ def child(mode: str, database_url: str, endpoint: str, bucket: str) -> None:
 
 
 def measure(mode: str, servers: dict, bucket: str) -> dict:
-    output = subprocess.run(
-        [sys.executable, __file__, "--child", mode, servers["database_url"], servers["s3_endpoint"], bucket],
-        capture_output=True, text=True, check=True).stdout
-    result = json.loads(output.strip().splitlines()[-1])
-    result["rows_per_s"] = result["rows"] / result["seconds"]
-    return result
+    return measure_in_child(__file__, mode, servers["database_url"], servers["s3_endpoint"], bucket)
 
 
 def main() -> None:

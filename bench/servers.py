@@ -49,3 +49,20 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_in_child(script: str, mode: str, *args: str) -> dict:
+    """Run one measured way in a process of its own (its own peak RSS, no warm caches from the
+    other way): `script --child mode args...` prints its figures as JSON on its last line.
+    Adds rows_per_s. The child's stderr is shown with BENCH_PROFILE set, and when it fails."""
+    import json
+    import subprocess
+
+    output = subprocess.run([sys.executable, script, "--child", mode, *args], capture_output=True, text=True)
+    if output.returncode:
+        sys.exit(f"{mode} failed:\n{output.stderr[-3000:]}")
+    if os.environ.get("BENCH_PROFILE"):
+        print(output.stderr[-12000:])
+    result = json.loads(output.stdout.strip().splitlines()[-1])
+    result["rows_per_s"] = result["rows"] / result["seconds"]
+    return result
