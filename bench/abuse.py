@@ -64,6 +64,10 @@ SLOWLORIS_CONNECTIONS = 256
 SDK_FLOOD, UNKNOWN_KEY = 10, 11
 # The parser attacks (issue 20): kind numbers in hostile_requests.
 PARSER_ATTACKS = {"deep-nesting escapes": (6, 7), "lz64": (8,)}
+# The parts of the full mix, for --only: each keeps its connections and addresses as in the mix.
+BOTNET_KINDS = {"headers": (0,), "gzip_bomb": (1,), "poison": (2,), "new_site": (3,), "amplifier": (5,),
+                "deep_nesting": (6, 7), "lz64": (8,), "unknown_key": (UNKNOWN_KEY,)}
+MIX_PARTS = ["over_rate", "sdk_flood", *BOTNET_KINDS, "slowloris"]
 
 
 async def _exchange(reader, writer, request: bytes) -> int:
@@ -203,7 +207,8 @@ def parser_attack_bodies() -> tuple[bytes, bytes, bytes]:
     return unterminated, nested_gzip, form
 
 
-def _hostile_process(port: int, seconds: float, niceness: int, results, attacks: str = "all") -> None:
+def _hostile_process(port: int, seconds: float, niceness: int, results, attacks: str = "all",
+                     only: frozenset[str] = frozenset(MIX_PARTS)) -> None:
     os.nice(niceness)
 
     async def run() -> dict:
@@ -267,12 +272,15 @@ def _hostile_process(port: int, seconds: float, niceness: int, results, attacks:
             await asyncio.gather(*(connection(botnet, PARSER_ATTACKS[attacks], True)
                                    for _ in range(len(OVER_LIMIT_ADDRESSES) + BOTNET_CONNECTIONS)))
         else:
+            botnet_kinds = tuple(k for name, kinds in BOTNET_KINDS.items() if name in only for k in kinds)
             await asyncio.gather(
-                *(connection(itertools.repeat(a), (4,), False) for a in OVER_LIMIT_ADDRESSES),
-                *(connection(itertools.repeat(a), (SDK_FLOOD,), False) for a in SDK_FLOOD_ADDRESSES),
-                *(connection(botnet, (0, 1, 2, 3, 5, 6, 7, 8, UNKNOWN_KEY), True, n)
-                  for n in range(BOTNET_CONNECTIONS)),
-                *(slowloris(botnet) for _ in range(SLOWLORIS_CONNECTIONS)))
+                *(connection(itertools.repeat(a), (4,), False)
+                  for a in OVER_LIMIT_ADDRESSES if "over_rate" in only),
+                *(connection(itertools.repeat(a), (SDK_FLOOD,), False)
+                  for a in SDK_FLOOD_ADDRESSES if "sdk_flood" in only),
+                *(connection(botnet, botnet_kinds, True, n)
+                  for n in range(BOTNET_CONNECTIONS if botnet_kinds else 0)),
+                *(slowloris(botnet) for _ in range(SLOWLORIS_CONNECTIONS if "slowloris" in only else 0)))
         return {"bytes": sent, "counts": counts}
 
     results.put(asyncio.run(run()))
@@ -322,7 +330,14 @@ def main() -> None:
                         "attacker on another machine would; 0: it competes with us for the 2 cores)")
     parser.add_argument("--attacks", default="all", choices=["all", *PARSER_ATTACKS],
                         help="the hostile requests: all kinds in turns, or one parser attack alone")
+    parser.add_argument("--only", default=",".join(MIX_PARTS),
+                        help="with --attacks all: the parts of the mix to send, comma-separated, each on its "
+                        "own connections as in the full mix (to find which one costs the valid traffic): "
+                        + ", ".join(MIX_PARTS))
     args = parser.parse_args()
+    only = frozenset(part.strip() for part in args.only.split(",") if part.strip())
+    if unknown := only - set(MIX_PARTS):
+        parser.error(f"--only: no part named {', '.join(sorted(unknown))}; the parts are {', '.join(MIX_PARTS)}")
     with benchmark_servers() as servers:
         url = servers["database_url"]
         with psycopg.connect(url, autocommit=True) as conn:
@@ -346,7 +361,7 @@ def main() -> None:
             size, rows = database_bytes(url), valid_rows(url)
             results = multiprocessing.Queue()
             hostile = multiprocessing.Process(target=_hostile_process, args=(port, args.seconds + 0.4, args.attacker_nice, results,
-                                                                        args.attacks))
+                                                                        args.attacks, only))
             hostile.start()
             watched_trees = {"collector": tree(watched), "postgres": postgres_processes(),
                              "valid client": [psutil.Process()], "hostile client": [psutil.Process(hostile.pid)]}
